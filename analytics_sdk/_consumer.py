@@ -1,0 +1,348 @@
+"""The bounded queue and the one delivery thread that turns it into batches."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from analytics_sdk._logging import logger
+from analytics_sdk._outcomes import Reporter
+from analytics_sdk.errors import DeliveryError, Reason
+from analytics_sdk.options import ENVELOPE_BYTES, MESSAGE_OVERHEAD_BYTES, ClientOptions
+
+if TYPE_CHECKING:
+    from analytics_sdk._transport import Transport
+
+TransportFactory = Callable[[ClientOptions, threading.Event], "Transport"]
+_SPLIT_STATUSES = frozenset({400, 413})  # a smaller batch may pass: bisect, don't give up
+
+
+def _default_transport(options: ClientOptions, stop: threading.Event) -> Transport:
+    # Imported here, on first use: `import analytics_sdk` must not pay for requests.
+    from analytics_sdk._transport import Transport
+
+    return Transport(options, stop)
+
+
+class Consumer:
+    """Serialized messages in, batches out. `put` never blocks; `flush` keeps its deadline.
+
+    Accepted messages are numbered in order. One thread takes them in order and finishes
+    each batch (delivered, split, or reported) before it takes the next, so the settled
+    messages are always a prefix of the accepted ones: `flush()` waits for the number
+    accepted before it was called, covering queued, partial and in-flight batches alike.
+    """
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        reporter: Reporter,
+        transport_factory: TransportFactory = _default_transport,
+    ) -> None:
+        self._options = options
+        self._reporter = reporter
+        self._transport_factory = transport_factory
+        self._flush_at = options.flush_at
+        self._max_queue_size = options.max_queue_size
+        self._max_queue_bytes = options.max_queue_bytes
+        # A batch is full once its messages (with their overhead) reach this many bytes.
+        self._batch_bytes = options.max_batch_bytes - ENVELOPE_BYTES + 1
+        self._closing = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """Fresh locks, queue, counters and thread: at start and in a forked child."""
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the delivery thread waits here
+        self._settled_cond = threading.Condition(self._lock)  # flush() waits here
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0  # including MESSAGE_OVERHEAD_BYTES each
+        self._oldest = 0.0  # monotonic time the oldest queued message has waited since
+        self._accepted = 0
+        self._settled = 0
+        self._delivered = 0
+        self._failed = 0
+        self._flush_target = 0
+        self._inflight: list[bytes] | None = None
+        self._inflight_done = 0
+        self._abandoned = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._pid = os.getpid()
+        self._transport: Transport | None = None
+        self._transport_lock = threading.Lock()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's queue is the parent's; start from nothing.
+
+        Locks may be held by threads that do not exist here, and the HTTP session's
+        sockets are shared with the parent: replace all of it, keep only the options.
+        """
+        self._reset_state()
+
+    # -- intake (the caller's thread) ------------------------------------------------------
+
+    def put(self, data: bytes) -> str | None:
+        """Queue one serialized message: None when accepted, else the drop reason."""
+        size = len(data) + MESSAGE_OVERHEAD_BYTES
+        with self._lock:
+            if self._closing:
+                return Reason.SHUTDOWN
+            count = len(self._queue)
+            if count >= self._max_queue_size or self._queued_bytes + size > self._max_queue_bytes:
+                return Reason.QUEUE_FULL
+            self._queue.append(data)
+            self._queued_bytes += size
+            self._accepted += 1
+            if count == 0:
+                self._oldest = time.monotonic()
+                self._work.notify()  # starts the flush_interval timer
+            elif count + 1 == self._flush_at or (
+                self._queued_bytes >= self._batch_bytes > self._queued_bytes - size
+            ):
+                self._work.notify()  # a full batch is waiting
+        if not self._running or self._pid != os.getpid():
+            self._ensure_thread()
+        return None
+
+    def send_now(self, data: bytes) -> None:
+        """sync_mode: deliver one message on the caller's thread, same retries and reports."""
+        with self._lock:
+            if self._closing:
+                raise DeliveryError("the client is shut down", reason=Reason.SHUTDOWN)
+            self._accepted += 1
+        self._deliver([data], self._get_transport())
+
+    # -- flush and shutdown ----------------------------------------------------------------
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything accepted before this call is delivered or reported.
+
+        Returns False if `timeout` seconds ran out first, or when called from the delivery
+        thread itself (an `on_error` callback), where waiting could never end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if threading.current_thread() is self._thread:
+            return False
+        with self._lock:
+            target = self._accepted
+            if self._settled >= target:
+                return True
+            self._flush_target = max(self._flush_target, target)
+            self._work.notify()
+        self._ensure_thread()  # a dead or missing thread must not make flush wait forever
+        return self._wait_settled(target, deadline)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop intake, deliver within `timeout` seconds, report what is left. Idempotent.
+
+        Returns True when everything accepted was delivered or reported before the budget
+        ran out; False when leftovers had to be reported as `shutdown`.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            target = self._accepted
+            self._work.notify()
+        if threading.current_thread() is self._thread:
+            return False  # from on_error: the thread drains and exits on its own
+        self._ensure_thread()
+        drained = self._wait_settled(target, deadline)
+        if not drained:
+            self._abandon()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # Drained: the thread is leaving now. Abandoned: it may sit in a request that
+            # only its own timeout ends; it is a daemon and reports nothing more.
+            thread.join(max(0.0, deadline - time.monotonic()) if drained else 0.1)
+        if self._transport is not None and (thread is None or not thread.is_alive()):
+            self._transport.close()
+        return drained
+
+    def _wait_settled(self, target: int, deadline: float | None) -> bool:
+        with self._lock:
+            while self._settled < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._settled_cond.wait(remaining)
+            return True
+
+    def _abandon(self) -> None:
+        """Shutdown's budget is spent: report the queue and the unsettled in-flight rest."""
+        with self._lock:
+            self._stop.set()  # wakes a backoff wait; no new batch is taken
+            lost = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            if self._inflight is not None:
+                lost[:0] = self._inflight[self._inflight_done :]
+            self._abandoned = True
+            self._work.notify()
+        if lost:
+            error = DeliveryError(
+                f"{len(lost)} message(s) not delivered within the shutdown budget "
+                f"({self._options.shutdown_timeout} s)",
+                reason=Reason.SHUTDOWN,
+                count=len(lost),
+            )
+            self._reporter.report(error, lost)
+        with self._lock:
+            self._settled += len(lost)
+            self._failed += len(lost)
+            self._settled_cond.notify_all()
+
+    # -- the delivery thread ---------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():
+            self.after_fork()  # a fork the at-fork hook did not see (second line of defence)
+        if self._options.sync_mode:
+            return
+        with self._lock:
+            if self._running or (self._closing and not self._queue) or self._stop.is_set():
+                return
+            self._running = True
+        thread = threading.Thread(target=self._run, name="analytics_sdk.consumer", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # interpreter shutting down, or no threads left
+            with self._lock:
+                self._running = False
+            logger.error("cannot start the delivery thread (%s); messages stay queued", exc)
+            return
+        self._thread = thread
+
+    def _run(self) -> None:
+        try:
+            transport = self._get_transport()
+            while True:
+                with self._lock:
+                    batch = self._next_batch_locked()
+                    if batch is None:
+                        return
+                    self._inflight, self._inflight_done = batch, 0
+                try:
+                    self._deliver(batch, transport)
+                except Exception:  # noqa: BLE001 - isolation boundary: the thread must outlive any bug
+                    logger.exception("delivery failed unexpectedly; reporting the batch")
+                    self._settle_rest_as_internal_error()
+                with self._lock:
+                    self._inflight = None
+        except BaseException:
+            logger.exception("the delivery thread stopped; the next call restarts it")
+            raise
+        finally:
+            with self._lock:
+                self._running = False
+
+    def _get_transport(self) -> Transport:
+        with self._transport_lock:
+            if self._transport is None:
+                self._transport = self._transport_factory(self._options, self._stop)
+            return self._transport
+
+    def _next_batch_locked(self) -> list[bytes] | None:
+        """Wait (lock held) for a batch that is due, and take it; None: time to stop."""
+        while True:
+            if self._stop.is_set():
+                return None
+            count = len(self._queue)
+            if count:
+                if (
+                    count >= self._flush_at
+                    or self._queued_bytes >= self._batch_bytes
+                    or self._closing
+                    or self._flush_target > self._settled
+                ):
+                    return self._take_locked()
+                wait = self._oldest + self._options.flush_interval - time.monotonic()
+                if wait <= 0:
+                    return self._take_locked()
+                self._work.wait(wait)
+            elif self._closing:
+                return None
+            else:
+                self._work.wait()
+
+    def _take_locked(self) -> list[bytes]:
+        """Up to flush_at messages whose request body stays within max_batch_bytes."""
+        queue, size = self._queue, 0
+        batch: list[bytes] = []
+        while queue and len(batch) < self._flush_at:
+            item = len(queue[0]) + MESSAGE_OVERHEAD_BYTES
+            if size + item > self._batch_bytes and batch:
+                break  # the first always fits: options validation guarantees it
+            batch.append(queue.popleft())
+            size += item
+        self._queued_bytes -= size
+        if queue:
+            self._oldest = time.monotonic()
+        return batch
+
+    def _deliver(self, messages: list[bytes], transport: Transport) -> None:
+        """Send, bisecting on 400/413 so only the offending messages are reported."""
+        if self._stop.is_set():
+            error = DeliveryError("shutdown budget spent", reason=Reason.SHUTDOWN)
+            self._settle(messages, error)
+            return
+        try:
+            transport.send(messages)
+        except DeliveryError as exc:
+            if exc.status in _SPLIT_STATUSES and len(messages) > 1:
+                middle = len(messages) // 2
+                logger.debug("HTTP %s for %d messages: splitting", exc.status, len(messages))
+                self._deliver(messages[:middle], transport)
+                self._deliver(messages[middle:], transport)
+                return
+            if exc.status == 413:
+                exc = DeliveryError(
+                    "the data plane refused a single message as too large (HTTP 413)",
+                    reason=Reason.TOO_LARGE,
+                    status=413,
+                )
+            exc.count = len(messages)
+            self._settle(messages, exc)
+        else:
+            self._settle(messages, None)
+
+    def _settle(self, messages: list[bytes], error: DeliveryError | None) -> None:
+        count = len(messages)
+        with self._lock:
+            if self._abandoned and threading.current_thread() is self._thread:
+                return  # shutdown reported these already
+            self._inflight_done += count
+        if error is not None:
+            self._reporter.report(error, messages)  # before settling: flush() promises it
+        with self._lock:
+            self._settled += count
+            if error is None:
+                self._delivered += count
+            else:
+                self._failed += count
+            self._settled_cond.notify_all()
+
+    def _settle_rest_as_internal_error(self) -> None:
+        with self._lock:
+            rest = [] if self._inflight is None else self._inflight[self._inflight_done :]
+        if rest:
+            error = DeliveryError("internal error while delivering", reason=Reason.INTERNAL_ERROR)
+            self._settle(rest, error)
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            in_flight = 0 if self._inflight is None else len(self._inflight) - self._inflight_done
+            return {
+                "accepted": self._accepted,
+                "delivered": self._delivered,
+                "failed": self._failed,
+                "queued": len(self._queue) + in_flight,
+                "retried": 0 if self._transport is None else self._transport.retries,
+            }

@@ -1,0 +1,74 @@
+"""The "analytics_sdk" logger, the secret-redacting filter and rate-limited error lines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+logger = logging.getLogger("analytics_sdk")
+# A library never configures logging for the application (LESSONS R16.1): no handler but
+# the NullHandler that keeps "No handlers could be found" quiet on old setups.
+logger.addHandler(logging.NullHandler())
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+
+class _RedactSecrets(logging.Filter):
+    """Second line of defence: we never log secrets, but a record that would is masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SECRETS:
+            return True
+        text = record.getMessage()
+        masked = text
+        for secret in tuple(_SECRETS):
+            if secret in masked:
+                masked = masked.replace(secret, "**********")
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+logger.addFilter(_RedactSecrets())
+
+
+def register_secret(secret: str) -> None:
+    """Mask `secret` in every record the analytics_sdk logger emits from now on."""
+    if len(secret) >= 4:  # masking "a" would shred every line
+        with _SECRETS_LOCK:
+            _SECRETS.add(secret)
+
+
+class RateLimitedLog:
+    """Logs the first failure of each reason at once, then one line per window with a count.
+
+    An outage produces thousands of identical failures; the log keeps one line per reason
+    per `window` seconds (LESSONS R7.3, R16.4) and says how many it held back.
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        self._window = window
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def error(self, reason: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self._window:
+                self._held_back[reason] = self._held_back.get(reason, 0) + 1
+                return
+            self._last[reason] = now
+            held = self._held_back.pop(reason, 0)
+        if held:
+            msg += " (%d more like this in the last %.0f s)"
+            args = (*args, held, self._window)
+        logger.error(msg, *args, exc_info=exc_info)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last.clear()
+            self._held_back.clear()

@@ -1,0 +1,277 @@
+"""JSON values and times: converts caller values once, at call time, with the key path on error.
+
+The rules of DESIGN 4: datetime/date -> ISO-8601 (naive = UTC); Decimal -> JSON number;
+UUID -> str; Enum -> its value; set/tuple/frozenset -> list; bytes -> UTF-8 text;
+dataclasses and pydantic models -> objects; NaN/Infinity, cycles, invalid UTF-8 and unknown
+objects are rejected naming the key path. A value that needs nothing converted is returned
+as it is (no copy): the snapshot is the serialized bytes, made right after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+import uuid
+from math import isfinite
+from os import urandom
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from datetime import time as dt_time
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_json
+
+from analytics_sdk.errors import InvalidMessageError, Reason
+
+MAX_DEPTH = 64  # nesting levels below properties/traits/context; deeper is surely a bug
+
+_NoneType = type(None)
+
+
+class _BadValueError(Exception):
+    """Raised inside the walk; collects the key path while it unwinds."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str | int] = []
+
+
+def format_time(value: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and `Z`; a naive datetime is taken as UTC."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 with milliseconds: the hot path's clock (~0.4 µs)."""
+    global _second_cache
+    now = time.time()
+    second = int(now)
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second_cache = (second, prefix)  # one tuple: readers see old or new, never half
+    return f"{prefix}{int((now - second) * 1000):03d}Z"
+
+
+def clean(value: Any, field: str) -> Any:
+    """`value` in JSON-native types: the same object when nothing needs converting.
+
+    Raises:
+        InvalidMessageError: reason `serialization_error`, naming the key path under `field`.
+    """
+    if _is_plain(value, 0):  # the common case: a check that allocates nothing
+        return value
+    try:
+        return _clean(value, 0, set())
+    except _BadValueError as exc:
+        path = _format_path(field, exc.path)
+        raise InvalidMessageError(
+            f"{path}: {exc.problem}", field=path, reason=Reason.SERIALIZATION_ERROR
+        ) from None
+    except RecursionError:
+        raise InvalidMessageError(
+            f"{field}: nested too deeply to serialize",
+            field=field,
+            reason=Reason.SERIALIZATION_ERROR,
+        ) from None
+
+
+def uuid4() -> str:
+    """A random (version 4) UUID string from os.urandom, as uuid.uuid4(), in a third the time."""
+    h = urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    """True when `value` is JSON as it stands: str keys, finite floats, dicts and lists only.
+
+    A cycle fails the depth limit here; the full walk then names it properly.
+    """
+    kind = type(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    return False
+            elif kind is int or kind is bool or kind is _NoneType:
+                continue
+            elif kind is float:
+                if not isfinite(item):
+                    return False
+            elif not _is_plain(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        if depth >= MAX_DEPTH:
+            return False
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    return False
+            elif kind is not int and kind is not bool and not _is_plain(item, depth + 1):
+                return False
+        return True
+    if kind is str:
+        return bool(value.isascii())
+    if kind is int or kind is bool or kind is _NoneType:
+        return True
+    if kind is float:
+        return isfinite(value)
+    return False
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    """Serialize a message whose caller values went through `clean()`: compact UTF-8 JSON."""
+    try:
+        return to_json(message)
+    except PydanticSerializationError as exc:  # only our own values reach here: a bug
+        raise InvalidMessageError(
+            f"message could not be serialized: {exc}", reason=Reason.SERIALIZATION_ERROR
+        ) from None
+
+
+def _format_path(field: str, path: list[str | int]) -> str:
+    parts = [field]
+    for key in reversed(path):
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        else:  # a key with a lone surrogate must not break the error message itself
+            parts.append("." + key.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return "".join(parts)
+
+
+def _clean(value: Any, depth: int, active: set[int]) -> Any:
+    """The full walk (the rare path): converts, copies containers, names what is wrong."""
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            _check_text(value)
+        return value
+    if kind is int or kind is bool or kind is _NoneType:
+        return value
+    if kind is float:
+        if isfinite(value):
+            return value
+        raise _BadValueError(f"{value} is not a JSON number (NaN and Infinity are rejected)")
+    if kind is dict:
+        return _clean_dict(value, depth, active)
+    if kind is list:
+        return _clean_list(value, depth, active)
+    return _convert(value, depth, active)
+
+
+def _enter(container: object, depth: int, active: set[int]) -> int:
+    if depth >= MAX_DEPTH:
+        raise _BadValueError(f"nested deeper than {MAX_DEPTH} levels")
+    ident = id(container)
+    if ident in active:
+        raise _BadValueError("refers back to itself (a cycle); JSON cannot express it")
+    active.add(ident)
+    return ident
+
+
+def _clean_dict(value: Mapping[Any, Any], depth: int, active: set[int]) -> dict[str, Any]:
+    ident = _enter(value, depth, active)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        try:
+            new_key = key if type(key) is str else _clean_key(key)
+            if not new_key.isascii():
+                _check_text(new_key)
+            out[new_key] = _clean(item, depth + 1, active)
+        except _BadValueError as exc:
+            exc.path.append(key if isinstance(key, str) else repr(key))
+            raise
+    active.discard(ident)
+    return out
+
+
+def _clean_list(value: list[Any], depth: int, active: set[int]) -> list[Any]:
+    ident = _enter(value, depth, active)
+    out: list[Any] = []
+    for index, item in enumerate(value):
+        try:
+            out.append(_clean(item, depth + 1, active))
+        except _BadValueError as exc:
+            exc.path.append(index)
+            raise
+    active.discard(ident)
+    return out
+
+
+def _clean_key(key: Any) -> str:
+    if isinstance(key, enum.Enum) and isinstance(key.value, (str, int)):
+        key = key.value
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(int(key))  # as json.dumps does: {1: "a"} -> {"1": "a"}
+    raise _BadValueError(f"has a key of type {type(key).__name__}; JSON keys must be strings")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _BadValueError("is a string with a lone surrogate (not valid UTF-8)") from None
+
+
+def _convert(value: Any, depth: int, active: set[int]) -> Any:
+    """Everything that is not already a JSON-native type (the rare path)."""
+    if isinstance(value, enum.Enum):  # before str/int: IntEnum and StrEnum are both
+        return _clean(value.value, depth, active)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _clean(float(value), depth, active)
+    if isinstance(value, str):
+        return _clean(str.__str__(value), depth, active)
+    if isinstance(value, Decimal):
+        number = float(value) if value.is_finite() else math.nan
+        if not math.isfinite(number):
+            raise _BadValueError(f"Decimal {value} is not a finite JSON number")
+        return number
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, (date, dt_time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return _clean_dict(dict(value), depth, active)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return _clean_list(list(value), depth, active)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadValueError("is bytes that are not valid UTF-8 text") from None
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return _clean_dict(value.model_dump(), depth, active)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _clean_dict(fields, depth, active)
+    if callable(getattr(value, "tolist", None)) and hasattr(value, "dtype"):
+        return _clean(value.tolist(), depth, active)  # numpy scalars and arrays, duck-typed
+    raise _BadValueError(f"has type {type(value).__name__}, which has no JSON form")

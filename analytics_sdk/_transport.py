@@ -1,0 +1,192 @@
+"""One batch -> one HTTP POST: requests.Session, Basic auth, gzip, retries, Retry-After."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import backoff
+import requests
+
+from analytics_sdk._logging import logger
+from analytics_sdk._serialization import now_iso
+from analytics_sdk._version import __version__
+from analytics_sdk.errors import DeliveryError, Reason
+from analytics_sdk.options import ClientOptions
+
+USER_AGENT = f"analytics-sdk-python/{__version__}"
+RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+BACKOFF_BASE = 0.5  # seconds before the first retry, before jitter
+BACKOFF_CAP = 60.0  # seconds: the longest backoff step
+MAX_RETRY_AFTER = 300.0  # seconds: a longer server hint is capped, not obeyed blindly
+_GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio for a third of its CPU
+_BODY_SNIPPET = 200  # characters of a rejection's response text kept in the error
+# Failures no retry can fix: a malformed URL, or a proxy scheme requests cannot speak
+# (SOCKS without its extra raises InvalidSchema).
+_UNSENDABLE = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+)
+
+
+class Transport:
+    """Posts batches of serialized messages to `{data_plane_url}/v1/batch`.
+
+    `send()` builds the body anew for every attempt (a fresh `sentAt` in the envelope and in
+    each message; messageIds never change), retries 408/429/5xx and network errors with
+    exponential backoff and full jitter, and raises `DeliveryError` when it gives up or
+    the data plane refuses the batch. The caller decides what a 400 or 413 means for the
+    messages (split, bisect, report).
+    """
+
+    def __init__(self, options: ClientOptions, stop: threading.Event) -> None:
+        self._options = options
+        self._stop = stop  # set when shutdown's budget is spent: abandon backoff waits
+        self._url = f"{options.data_plane_url}/v1/batch"
+        self._own_session = options.session is None
+        self._session: Any = options.session or requests.Session()
+        # The write key is read here and only here; the header value stays in this object.
+        token = base64.b64encode(f"{options.write_key.get_secret_value()}:".encode()).decode()
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if options.gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._request_options: dict[str, Any] = {"timeout": options.timeout}
+        if options.proxies is not None:
+            self._request_options["proxies"] = options.proxies
+        if options.verify is not None:
+            self._request_options["verify"] = options.verify
+        self.retries = 0  # attempts after the first, for stats(); written by one thread
+
+    def __repr__(self) -> str:
+        return f"Transport(url={self._url!r})"
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        """Deliver `messages` in one request, retrying what may succeed later.
+
+        Raises:
+            DeliveryError: `retries_exhausted` (408/429/5xx/network, after max_retries),
+                `rejected_4xx` with the status (400/413 included: the caller splits), or
+                `shutdown` when shutdown's budget ran out during a backoff wait.
+        """
+        waits = _backoff_waits()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._post(messages)
+            except _UNSENDABLE as exc:
+                raise DeliveryError(
+                    f"the request cannot be made ({type(exc).__name__}: {exc}); "
+                    "check data_plane_url and proxies",
+                    reason=Reason.REQUEST_ERROR,
+                    count=len(messages),
+                ) from None
+            except requests.RequestException as exc:  # resets, timeouts, broken reads
+                status, hint, problem = None, None, type(exc).__name__
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                if status not in RETRY_STATUSES:
+                    raise DeliveryError(
+                        f"data plane answered HTTP {status}: {_snippet(response)}",
+                        reason=Reason.REJECTED_4XX,
+                        status=status,
+                        count=len(messages),
+                    )
+                hint = retry_after_seconds(response.headers.get("Retry-After"))
+                problem = f"HTTP {status}"
+            if attempt > self._options.max_retries:
+                raise DeliveryError(
+                    f"gave up after {attempt} attempts; last failure: {problem}",
+                    reason=Reason.RETRIES_EXHAUSTED,
+                    status=status,
+                    count=len(messages),
+                )
+            delay = next(waits)
+            if hint is not None:
+                delay = min(max(delay, hint), MAX_RETRY_AFTER)
+            logger.debug(
+                "batch of %d failed (%s); retry %d in %.2f s",
+                len(messages),
+                problem,
+                attempt,
+                delay,
+            )
+            self.retries += 1
+            if self._stop.wait(delay):
+                raise DeliveryError(
+                    f"shutdown began while retrying after {problem}",
+                    reason=Reason.SHUTDOWN,
+                    status=status,
+                    count=len(messages),
+                )
+
+    def _post(self, messages: Sequence[bytes]) -> requests.Response:
+        body = build_body(messages, now_iso().encode())
+        if self._options.gzip:
+            body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
+        response: requests.Response = self._session.post(
+            self._url, data=body, headers=self._headers, **self._request_options
+        )
+        return response
+
+
+def build_body(messages: Sequence[bytes], sent_at: bytes) -> bytes:
+    """`{"batch":[...],"sentAt":...}` with `sentAt` also inside each message.
+
+    Each message is a serialized JSON object; `sentAt` goes in before its closing brace, so
+    the queued bytes are never parsed again. The size is exactly what the consumer budgets:
+    sum(len(m) + MESSAGE_OVERHEAD_BYTES) - 1 + ENVELOPE_BYTES.
+    """
+    field = b',"sentAt":"' + sent_at + b'"}'
+    joined = b",".join([m[:-1] + field for m in messages])
+    return b"".join((b'{"batch":[', joined, b'],"sentAt":"', sent_at, b'"}'))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds or HTTP date); None if absent or junk."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _backoff_waits() -> Iterator[float]:
+    """Exponential steps from 0.5 s to a 60 s cap, each with full jitter (backoff's own)."""
+    steps = backoff.expo(base=2, factor=BACKOFF_BASE, max_value=BACKOFF_CAP)
+    next(steps)  # backoff's generators are primed with one send(None) before use
+    for step in steps:
+        yield backoff.full_jitter(step)
+
+
+def _snippet(response: requests.Response) -> str:
+    text = (response.text or "").strip().replace("\n", " ")
+    return (text[:_BODY_SNIPPET] + "...") if len(text) > _BODY_SNIPPET else (text or "(no body)")

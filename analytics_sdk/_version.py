@@ -1,0 +1,3 @@
+"""The package version: read by the build, sent in User-Agent and context.library."""
+
+__version__ = "0.1.0"
