@@ -22,7 +22,8 @@ _SPLIT_STATUSES = frozenset({400, 413})  # a smaller batch may pass: bisect, don
 
 
 def _default_transport(options: ClientOptions, stop: threading.Event) -> Transport:
-    # Imported here, on first use: `import analytics_sdk` must not pay for requests.
+    # Loaded by Consumer.__init__ on the caller's thread already (see there): this import
+    # only looks the module up.
     from analytics_sdk._transport import Transport
 
     return Transport(options, stop)
@@ -53,6 +54,11 @@ class Consumer:
         self._batch_bytes = options.max_batch_bytes - ENVELOPE_BYTES + 1
         self._closing = False
         self._reset_state()
+        if options.send:
+            # Import requests now, on the constructing thread, not lazily on the delivery
+            # thread: a fork during that import would leave the child a half-initialized
+            # module and an ImportError on its first batch.
+            import analytics_sdk._transport  # noqa: F401
 
     def _reset_state(self) -> None:
         """Fresh locks, queue, counters and thread: at start and in a forked child."""
@@ -110,13 +116,16 @@ class Consumer:
             self._ensure_thread()
         return None
 
-    def send_now(self, data: bytes) -> None:
-        """sync_mode: deliver one message on the caller's thread, same retries and reports."""
+    def send_now(self, data: bytes) -> bool:
+        """sync_mode: deliver one message on the caller's thread, same retries and reports.
+
+        Returns True when delivered; False when it failed (and was reported).
+        """
         with self._lock:
             if self._closing:
                 raise DeliveryError("the client is shut down", reason=Reason.SHUTDOWN)
             self._accepted += 1
-        self._deliver([data], self._get_transport())
+        return self._deliver([data], self._get_transport()) == 1
 
     # -- flush and shutdown ----------------------------------------------------------------
 
@@ -138,11 +147,13 @@ class Consumer:
         self._ensure_thread()  # a dead or missing thread must not make flush wait forever
         return self._wait_settled(target, deadline)
 
-    def shutdown(self, timeout: float) -> bool:
+    def shutdown(self, timeout: float, *, at_exit: bool = False) -> bool:
         """Stop intake, deliver within `timeout` seconds, report what is left. Idempotent.
 
         Returns True when everything accepted was delivered or reported before the budget
-        ran out; False when leftovers had to be reported as `shutdown`.
+        ran out; False when leftovers had to be reported as `shutdown`. At interpreter exit
+        the HTTP session is left to the OS: closing urllib3's pool from an atexit hook can
+        finalize a half-closed socket and print a ResourceWarning (seen with -X dev).
         """
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -160,7 +171,7 @@ class Consumer:
             # Drained: the thread is leaving now. Abandoned: it may sit in a request that
             # only its own timeout ends; it is a daemon and reports nothing more.
             thread.join(max(0.0, deadline - time.monotonic()) if drained else 0.1)
-        if self._transport is not None and (thread is None or not thread.is_alive()):
+        if self._transport is not None and not at_exit and not (thread and thread.is_alive()):
             self._transport.close()
         return drained
 
@@ -234,9 +245,8 @@ class Consumer:
                     self._settle_rest_as_internal_error()
                 with self._lock:
                     self._inflight = None
-        except BaseException:
+        except Exception:  # noqa: BLE001 - logged; the next put() or flush() restarts us
             logger.exception("the delivery thread stopped; the next call restarts it")
-            raise
         finally:
             with self._lock:
                 self._running = False
@@ -285,21 +295,24 @@ class Consumer:
             self._oldest = time.monotonic()
         return batch
 
-    def _deliver(self, messages: list[bytes], transport: Transport) -> None:
-        """Send, bisecting on 400/413 so only the offending messages are reported."""
+    def _deliver(self, messages: list[bytes], transport: Transport) -> int:
+        """Send, bisecting on 400/413 so only the offending messages are reported.
+
+        Returns how many of `messages` were delivered; the others were reported.
+        """
         if self._stop.is_set():
             error = DeliveryError("shutdown budget spent", reason=Reason.SHUTDOWN)
             self._settle(messages, error)
-            return
+            return 0
         try:
             transport.send(messages)
         except DeliveryError as exc:
             if exc.status in _SPLIT_STATUSES and len(messages) > 1:
                 middle = len(messages) // 2
                 logger.debug("HTTP %s for %d messages: splitting", exc.status, len(messages))
-                self._deliver(messages[:middle], transport)
-                self._deliver(messages[middle:], transport)
-                return
+                return self._deliver(messages[:middle], transport) + self._deliver(
+                    messages[middle:], transport
+                )
             if exc.status == 413:
                 exc = DeliveryError(
                     "the data plane refused a single message as too large (HTTP 413)",
@@ -308,8 +321,9 @@ class Consumer:
                 )
             exc.count = len(messages)
             self._settle(messages, exc)
-        else:
-            self._settle(messages, None)
+            return 0
+        self._settle(messages, None)
+        return len(messages)
 
     def _settle(self, messages: list[bytes], error: DeliveryError | None) -> None:
         count = len(messages)

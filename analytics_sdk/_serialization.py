@@ -14,12 +14,12 @@ import enum
 import math
 import time
 import uuid
-from math import isfinite
-from os import urandom
 from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from datetime import time as dt_time
 from decimal import Decimal
+from math import isfinite
+from os import urandom
 from pathlib import PurePath
 from typing import Any
 
@@ -28,7 +28,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from analytics_sdk.errors import InvalidMessageError, Reason
 
-MAX_DEPTH = 64  # nesting levels below properties/traits/context; deeper is surely a bug
+MAX_DEPTH = 64  # containers nested in properties/traits/context; deeper is surely a bug
 
 _NoneType = type(None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ from typing import Any
 import backoff
 import requests
 
-from analytics_sdk._logging import logger
+from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._serialization import now_iso
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, Reason
@@ -26,6 +27,11 @@ BACKOFF_CAP = 60.0  # seconds: the longest backoff step
 MAX_RETRY_AFTER = 300.0  # seconds: a longer server hint is capped, not obeyed blindly
 _GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio for a third of its CPU
 _BODY_SNIPPET = 200  # characters of a rejection's response text kept in the error
+_HINTS = {
+    401: " (is the write key right for this data plane?)",
+    403: " (is the write key right, and its source enabled?)",
+    404: " (is data_plane_url the data plane's base URL, without /v1/batch?)",
+}
 # Failures no retry can fix: a malformed URL, or a proxy scheme requests cannot speak
 # (SOCKS without its extra raises InvalidSchema).
 _UNSENDABLE = (
@@ -53,7 +59,11 @@ class Transport:
         self._own_session = options.session is None
         self._session: Any = options.session or requests.Session()
         # The write key is read here and only here; the header value stays in this object.
-        token = base64.b64encode(f"{options.write_key.get_secret_value()}:".encode()).decode()
+        key = options.write_key.get_secret_value()
+        token = base64.b64encode(f"{key}:".encode()).decode()
+        self._secrets = tuple(secret for secret in (key, token) if len(secret) >= 4)
+        for secret in self._secrets:
+            register_secret(secret)  # the log filter masks both forms as a second defence
         self._headers = {
             "Authorization": f"Basic {token}",
             "Content-Type": "application/json",
@@ -104,7 +114,8 @@ class Transport:
                     return
                 if status not in RETRY_STATUSES:
                     raise DeliveryError(
-                        f"data plane answered HTTP {status}: {_snippet(response)}",
+                        f"data plane answered HTTP {status}: {self._snippet(response)}"
+                        + _HINTS.get(status, ""),
                         reason=Reason.REJECTED_4XX,
                         status=status,
                         count=len(messages),
@@ -136,6 +147,15 @@ class Transport:
                     status=status,
                     count=len(messages),
                 )
+
+    def _snippet(self, response: requests.Response) -> str:
+        """The start of the server's answer, with our secrets masked (servers echo them)."""
+        text = (response.text or "").strip().replace("\n", " ")
+        for secret in self._secrets:
+            text = text.replace(secret, "**********")
+        if len(text) > _BODY_SNIPPET:
+            return text[:_BODY_SNIPPET] + "..."
+        return text or "(no body)"
 
     def _post(self, messages: Sequence[bytes]) -> requests.Response:
         body = build_body(messages, now_iso().encode())
@@ -174,7 +194,7 @@ def retry_after_seconds(value: str | None) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):  # "inf", "nan", "1e999": junk, not a wait
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
@@ -187,6 +207,3 @@ def _backoff_waits() -> Iterator[float]:
         yield backoff.full_jitter(step)
 
 
-def _snippet(response: requests.Response) -> str:
-    text = (response.text or "").strip().replace("\n", " ")
-    return (text[:_BODY_SNIPPET] + "...") if len(text) > _BODY_SNIPPET else (text or "(no body)")

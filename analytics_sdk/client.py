@@ -6,6 +6,7 @@ import atexit
 import dataclasses
 import json
 import os
+import sys
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -315,12 +316,15 @@ class Client:
         Returns:
             True when everything accepted was delivered or reported in time.
         """
+        return self._shutdown(timeout, at_exit=False)
+
+    def _shutdown(self, timeout: float | None, *, at_exit: bool) -> bool:
         budget = self._options.shutdown_timeout if timeout is None else timeout
         self._closed = True
         _live_clients.discard(self)
         if not self._options.send:
             return True
-        return self._consumer.shutdown(budget)
+        return self._consumer.shutdown(budget, at_exit=at_exit)
 
     def __enter__(self) -> Self:
         return self
@@ -456,11 +460,11 @@ class Client:
             return message_id
         if opts.sync_mode:
             try:
-                self._consumer.send_now(data)
+                delivered = self._consumer.send_now(data)
             except DeliveryError as exc:
                 self._reporter.report(exc, [data], what=message["type"])
                 return None
-            return message_id
+            return message_id if delivered else None  # a failure is reported already
         reason = self._consumer.put(data)
         if reason is not None:
             self._reporter.report(_drop_error(reason, opts), [data], what=message["type"])
@@ -542,7 +546,7 @@ class Client:
 
     def _exit(self) -> None:
         if not self._closed:
-            self.shutdown()
+            self._shutdown(None, at_exit=True)
 
 
 def _invalid(field: str, problem: str) -> InvalidMessageError:
@@ -631,8 +635,22 @@ def _shutdown_all_at_exit() -> None:
 
 
 def _reinit_all_after_fork() -> None:
-    for client in list(_live_clients):
+    clients = list(_live_clients)
+    for client in clients:
         client._after_fork()
+    # A multiprocessing child ends with os._exit(), which skips atexit: its own exit
+    # function runs "finalizers" instead. That registry is cleared after this hook runs,
+    # so ask multiprocessing to call us back once the child is set up (R3.1).
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        for client in clients:
+            mp_util.register_after_fork(client, _flush_at_multiprocessing_exit)
+
+
+def _flush_at_multiprocessing_exit(client: Client) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(client, client._exit, exitpriority=10)
 
 
 atexit.register(_shutdown_all_at_exit)

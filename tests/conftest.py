@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.servers import DataPlane
 
 from analytics_sdk import Client
 from analytics_sdk.client import _live_clients
-from support.servers import DataPlane
 
 MakeClient = Callable[..., Client]
 

@@ -100,7 +100,9 @@ class DataPlane(ThreadingHTTPServer):
             return True
 
     def start(self) -> DataPlane:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

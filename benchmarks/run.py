@@ -1,0 +1,956 @@
+"""Benchmark analytics_sdk.Client against segment-analytics-python and rudder-sdk-python.
+
+    python benchmarks/run.py            # the full run (a few minutes)
+    python benchmarks/run.py --quick    # a smoke run (well under a minute once set up)
+
+The script creates its own virtualenv (`benchmarks/.env`) with both peer SDKs and this
+repository installed editable, starts a sink (a stdlib HTTP data plane on 127.0.0.1) in a
+separate process, and measures each SDK in fresh subprocesses of that virtualenv:
+
+1. `track()` cost on the caller's thread (median over rounds of the per-call cost);
+2. end-to-end events/s for a burst with gzip on (first `track()` until flush returns and the
+   sink holds every messageId);
+3. events lost at default options when a burst is produced as fast as possible;
+4. peak RSS of the process for the burst (queues big enough that nothing is dropped);
+5. import + construct wall time in a fresh interpreter, and the `-X importtime` total.
+
+It prints a table and the target ratios, and writes everything to
+`benchmarks/results/<UTC timestamp>.json`. Every loop is bounded, every wait has a timeout,
+and the sink stops by itself when this script goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Only light stdlib modules at the top: the same file runs as the measured child, whose
+# peak RSS should be the SDK's, not the harness's. The rest is imported where it is used.
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+ENV_DIR = BENCH_DIR / ".env"
+RESULTS_DIR = BENCH_DIR / "results"
+PEER_PACKAGES = ("segment-analytics-python", "rudder-sdk-python")
+SDKS = ("ours", "segment", "rudder")
+SDK_TITLES = {"ours": "analytics-sdk", "segment": "segment", "rudder": "rudder"}
+
+WRITE_KEY = "bench-write-key"
+RESULT_PREFIX = "BENCH-RESULT "
+EVENT = "Order Completed"
+PROPERTIES: dict[str, Any] = {  # the 7-property track of DESIGN 9
+    "order_id": "A-10042",
+    "revenue": 25.0,
+    "currency": "USD",
+    "quantity": 3,
+    "coupon": "SPRING",
+    "in_stock": True,
+    "category": "books",
+}
+USER_IDS = [f"user-{n}" for n in range(1000)]
+SINK_LIFETIME = 1800.0  # seconds: the sink exits after this even if nobody stops it
+WARMUP_CALLS = 1000  # untimed calls before the timed rounds (threads, lazy imports)
+
+# Targets of the project (DESIGN 9 and the benchmark brief), ours relative to a peer.
+COST_TARGET = 1 / 3  # track() cost: ours / peer at most this
+THROUGHPUT_TARGET = 4.0  # end-to-end events/s: ours / peer at least this
+RSS_TARGET = 1 / 2  # peak RSS: ours / peer at most this
+
+JsonDict = dict[str, Any]
+
+
+# =========================================================================================
+# The sink: a separate process, so it never competes for the measured SDK's GIL.
+# =========================================================================================
+
+
+class SinkState:
+    """What the sink has received since the last reset; every method takes the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._events = 0
+        self._requests = 0
+        self._bytes = 0
+        self._bad = 0
+        self._last_new_at = 0.0
+
+    def reset(self) -> None:
+        with self._lock:
+            self._ids = set()
+            self._events = self._requests = self._bytes = self._bad = 0
+            self._last_new_at = 0.0
+
+    def add(self, ids: Sequence[object], wire_bytes: int) -> None:
+        with self._lock:
+            before = len(self._ids)
+            self._ids.update(i for i in ids if isinstance(i, str))
+            self._events += len(ids)
+            self._requests += 1
+            self._bytes += wire_bytes
+            if len(self._ids) != before:
+                self._last_new_at = time.monotonic()  # CLOCK_MONOTONIC: shared by processes
+
+    def bad_request(self) -> None:
+        with self._lock:
+            self._bad += 1
+
+    def snapshot(self) -> JsonDict:
+        with self._lock:
+            return {
+                "unique": len(self._ids),
+                "events": self._events,
+                "requests": self._requests,
+                "bytes": self._bytes,
+                "bad_requests": self._bad,
+                "last_new_at": self._last_new_at,
+            }
+
+
+def serve_sink(lifetime: float) -> None:
+    """Run the sink until stdin closes (the parent left) or `lifetime` seconds pass.
+
+    POST to any path (the SDKs use /v1/batch) counts the messages of a `{"batch": [...]}`
+    body, gunzipped when Content-Encoding says gzip, and answers 200. GET /stats returns
+    the counts as JSON; POST /reset clears them. The port goes to stdout as `PORT <n>`.
+    """
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = SinkState()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' requests sessions expect
+        disable_nagle_algorithm = True  # else each response waits ~40 ms on a delayed ACK
+        timeout = 120  # an idle keep-alive connection is closed after this (seconds)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if self.path.startswith("/reset"):
+                state.reset()
+                self._reply(200, b'{"reset":true}')
+                return
+            try:
+                body = raw
+                if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                    body = gzip.decompress(raw)
+                payload = json.loads(body)
+            except (OSError, EOFError, ValueError):
+                state.bad_request()
+                self._reply(400, b'{"error":"bad body"}')
+                return
+            if isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+                messages: list[Any] = payload["batch"]
+            else:
+                messages = [payload]  # a single-message endpoint (/v1/track and the like)
+            ids = [m.get("messageId") if isinstance(m, dict) else None for m in messages]
+            state.add(ids, len(raw))
+            self._reply(200, b'{"ok":true}')
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/stats"):
+                self._reply(200, json.dumps(state.snapshot()).encode())
+            else:
+                self._reply(200, b'{"ok":true}')
+
+        def _reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+
+    def stop_when_parent_leaves() -> None:
+        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
+        server.shutdown()
+
+    threading.Thread(target=stop_when_parent_leaves, daemon=True).start()
+    timer = threading.Timer(lifetime, server.shutdown)
+    timer.daemon = True
+    timer.start()
+    print(f"PORT {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        timer.cancel()
+        server.server_close()
+
+
+class Sink:
+    """The parent's handle on the sink process."""
+
+    def __init__(self, python: str) -> None:
+        import subprocess
+
+        self._process = subprocess.Popen(
+            [python, str(Path(__file__).resolve()), "--sink", str(SINK_LIFETIME)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self._read_port()}"
+
+    def _read_port(self) -> int:
+        import select
+
+        stdout = self._process.stdout
+        assert stdout is not None
+        ready, _, _ = select.select([stdout], [], [], 15.0)
+        line = stdout.readline() if ready else ""
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"the sink did not start (said {line!r})")
+        return int(line.split()[1])
+
+    def _call(self, method: str, path: str) -> JsonDict:
+        import urllib.request
+
+        request = urllib.request.Request(self.url + path, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: JsonDict = json.loads(response.read())
+            return result
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")
+
+    def stats(self) -> JsonDict:
+        return self._call("GET", "/stats")
+
+    def wait_for(self, unique: int, timeout: float) -> JsonDict:
+        """Stats once the sink holds `unique` messageIds, or when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats["unique"] >= unique or time.monotonic() >= deadline:
+                return stats
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self._process.stdin is not None:
+            self._process.stdin.close()  # the sink's watcher sees EOF and shuts down
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+# =========================================================================================
+# The measured child: one SDK, one mode, a fresh interpreter of the benchmark virtualenv.
+# =========================================================================================
+
+
+@dataclass
+class Adapter:
+    """The three SDKs behind one face: the calls differ only in what they return."""
+
+    track: Callable[[str, str, JsonDict], object]
+    accepted: Callable[[object], bool]
+    flush: Callable[[float], bool]
+    close: Callable[[float], object]
+
+
+def _in_thread(function: Callable[[], object], timeout: float) -> bool:
+    """Run `function` in a daemon thread; False when it has not returned within `timeout`."""
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
+def make_adapter(sdk: str, url: str, tuned: bool, queue_size: int) -> Adapter:
+    """A client of `sdk` aimed at `url`.
+
+    `tuned`: gzip on and a queue of `queue_size` (nothing dropped); else the SDK's defaults.
+    """
+    if sdk == "ours":
+        from analytics_sdk import Client
+
+        ours = (
+            Client(WRITE_KEY, url, gzip=True, max_queue_size=queue_size)
+            if tuned
+            else Client(WRITE_KEY, url)
+        )
+        return Adapter(
+            track=ours.track,
+            accepted=lambda result: result is not None,
+            flush=lambda timeout: ours.flush(timeout=timeout),
+            close=lambda timeout: ours.shutdown(timeout=timeout),
+        )
+    if sdk == "segment":
+        from segment.analytics import Client as SegmentClient
+
+        peer: Any = (
+            SegmentClient(WRITE_KEY, host=url, gzip=True, max_queue_size=queue_size)
+            if tuned
+            else SegmentClient(WRITE_KEY, host=url)
+        )
+    elif sdk == "rudder":
+        from rudderstack.analytics import Client as RudderClient
+
+        peer = (
+            RudderClient(WRITE_KEY, host=url, gzip=True, max_queue_size=queue_size)
+            if tuned
+            else RudderClient(WRITE_KEY, host=url)
+        )
+    else:
+        raise ValueError(f"unknown sdk {sdk!r}")
+    # The peers' flush() is queue.join(), with no timeout: bound it from outside.
+    return Adapter(
+        track=peer.track,
+        accepted=lambda result: bool(result[0]),  # type: ignore[index]  # (success, msg)
+        flush=lambda timeout: _in_thread(peer.flush, timeout),
+        close=lambda timeout: _in_thread(peer.join, timeout),
+    )
+
+
+def _max_rss_kib() -> int:
+    """Peak resident set size of this process so far, in KiB (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # macOS reports bytes
+
+
+def child_cost(adapter: Adapter, rounds: int, calls: int, flush_timeout: float) -> JsonDict:
+    """Per-call cost of `track()` on this thread: `rounds` x `calls`, flushed between rounds.
+
+    The flush between rounds is not timed; it keeps every round starting from an empty
+    queue, while the SDK's own delivery thread competes for the GIL during the round as it
+    does in an application.
+    """
+    track, user_ids, props = adapter.track, USER_IDS, PROPERTIES
+    accepted = 0
+    for n in range(WARMUP_CALLS):
+        accepted += adapter.accepted(track(user_ids[n % 1000], EVENT, props))
+    flushed = adapter.flush(flush_timeout)
+    per_call_us: list[float] = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        for n in range(calls):
+            track(user_ids[n % 1000], EVENT, props)
+        elapsed = time.perf_counter_ns() - started
+        per_call_us.append(elapsed / calls / 1000)
+        flushed = adapter.flush(flush_timeout) and flushed
+    return {
+        "per_call_us": per_call_us,
+        "median_us": statistics.median(per_call_us),
+        "sent": WARMUP_CALLS + rounds * calls,
+        "flushed": flushed,
+    }
+
+
+def child_burst(adapter: Adapter, events: int, flush_timeout: float) -> JsonDict:
+    """`events` calls as fast as possible, then flush; times, acceptance and peak RSS."""
+    track, accepted, user_ids, props = adapter.track, adapter.accepted, USER_IDS, PROPERTIES
+    ok = 0
+    started = time.monotonic()
+    for n in range(events):
+        ok += accepted(track(user_ids[n % 1000], EVENT, props))
+    enqueued = time.monotonic()
+    flushed = adapter.flush(flush_timeout)
+    done = time.monotonic()
+    return {
+        "sent": events,
+        "accepted": ok,
+        "started_at": started,
+        "enqueue_s": enqueued - started,
+        "flush_s": done - enqueued,
+        "total_s": done - started,
+        "flushed": flushed,
+    }
+
+
+def run_child(spec: JsonDict) -> JsonDict:
+    """The child's whole job: build the client, run the mode, report RSS and timings."""
+    rss_start = _max_rss_kib()
+    adapter = make_adapter(spec["sdk"], spec["url"], spec["tuned"], spec["queue_size"])
+    rss_ready = _max_rss_kib()
+    if spec["mode"] == "cost":
+        result = child_cost(adapter, spec["rounds"], spec["calls"], spec["flush_timeout"])
+    else:
+        result = child_burst(adapter, spec["events"], spec["flush_timeout"])
+    result["rss_start_kib"] = rss_start
+    result["rss_ready_kib"] = rss_ready
+    result["rss_peak_kib"] = _max_rss_kib()
+    adapter.close(5.0)
+    return result
+
+
+def child_main(raw_spec: str) -> None:
+    result = run_child(json.loads(raw_spec))
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    # Skip the SDKs' exit hooks: delivery is done and verified; nothing may hang here.
+    os._exit(0)
+
+
+# =========================================================================================
+# The parent: virtualenv, sink, children, table, JSON.
+# =========================================================================================
+
+
+def env_python() -> Path:
+    return ENV_DIR / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+_PROBE = """
+import importlib.metadata as m, json, os, platform, sys
+import analytics_sdk, segment.analytics, rudderstack.analytics
+print(json.dumps({
+    "ours_dir": os.path.dirname(os.path.dirname(os.path.abspath(analytics_sdk.__file__))),
+    "versions": {name: m.version(name) for name in
+                 ("analytics-sdk", "segment-analytics-python", "rudder-sdk-python")},
+    "python": sys.version.split()[0], "platform": platform.platform(),
+}))
+"""
+
+
+def _probe_env() -> JsonDict | None:
+    import subprocess
+
+    if not env_python().exists():
+        return None
+    try:
+        done = subprocess.run(
+            [str(env_python()), "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=BENCH_DIR,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    info: JsonDict = json.loads(done.stdout.strip().splitlines()[-1])
+    if Path(info["ours_dir"]).resolve() != REPO_ROOT:
+        return None  # installed from another clone: install this one
+    return info
+
+
+def ensure_env(reinstall: bool) -> JsonDict:
+    """The benchmark virtualenv with both peers and this repository (editable)."""
+    import subprocess
+
+    info = None if reinstall else _probe_env()
+    if info is not None:
+        return info
+    if not env_python().exists():
+        print(f"creating {ENV_DIR} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(ENV_DIR)], check=True, timeout=300)
+    print(f"installing {', '.join(PEER_PACKAGES)} and -e {REPO_ROOT} ...", flush=True)
+    command = [str(env_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if reinstall:
+        command.append("--upgrade")
+    subprocess.run([*command, *PEER_PACKAGES, "-e", str(REPO_ROOT)], check=True, timeout=900)
+    info = _probe_env()
+    if info is None:
+        raise SystemExit(f"the benchmark virtualenv {ENV_DIR} is not usable; try --reinstall")
+    return info
+
+
+def spawn(spec: JsonDict, timeout: float) -> JsonDict:
+    """Run one measured child; its result, or {"error": ...} (never raises for the child)."""
+    import subprocess
+
+    command = [str(env_python()), str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=BENCH_DIR
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result: JsonDict = json.loads(line[len(RESULT_PREFIX) :])
+            return result
+    return {"error": f"exit {done.returncode}: {done.stderr.strip()[-800:]}"}
+
+
+_IMPORT_CODE = {
+    "ours": "from analytics_sdk import Client\nClient({key!r}, {url!r})",
+    "segment": "from segment.analytics import Client\nClient({key!r}, host={url!r})",
+    "rudder": "from rudderstack.analytics import Client\nClient({key!r}, host={url!r})",
+}
+_TIMED_IMPORT = """
+import time
+_started = time.perf_counter()
+{body}
+_elapsed = time.perf_counter() - _started
+import os, sys
+sys.stdout.write(repr(_elapsed) + "\\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+_PLAIN_IMPORT = "{body}\nimport os\nos._exit(0)\n"
+
+
+def _importtime_modules(stderr: str) -> dict[str, int]:
+    """`-X importtime` output as {module: self microseconds}."""
+    modules: dict[str, int] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        parts = line[len("import time:") :].split("|")
+        if len(parts) != 3 or not parts[0].strip().isdigit():
+            continue  # the header line
+        modules[parts[2].strip()] = modules.get(parts[2].strip(), 0) + int(parts[0])
+    return modules
+
+
+def measure_import(sdk: str, runs: int, url: str) -> JsonDict:
+    """Import + construct in fresh interpreters: wall time, and -X importtime's own total.
+
+    The importtime total sums the self time of every module the SDK's import loads beyond
+    what a bare interpreter (`-c pass`) has already loaded at startup.
+    """
+    import subprocess
+
+    python = str(env_python())
+    body = _IMPORT_CODE[sdk].format(key=WRITE_KEY, url=url)
+    walls: list[float] = []
+    errors: list[str] = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [python, "-c", _TIMED_IMPORT.format(body=body)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=BENCH_DIR,
+        )
+        try:
+            walls.append(float(done.stdout.strip().splitlines()[-1]) * 1000)
+        except (IndexError, ValueError):
+            errors.append(done.stderr.strip()[-400:])
+    totals: list[float] = []
+    for _ in range(max(1, runs // 2)):
+        base = subprocess.run(
+            [python, "-X", "importtime", "-c", "pass"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=BENCH_DIR,
+        )
+        done = subprocess.run(
+            [python, "-X", "importtime", "-c", _PLAIN_IMPORT.format(body=body)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=BENCH_DIR,
+        )
+        startup = _importtime_modules(base.stderr)
+        loaded = _importtime_modules(done.stderr)
+        totals.append(sum(us for name, us in loaded.items() if name not in startup) / 1000)
+    result: JsonDict = {"wall_ms": walls, "importtime_ms": totals}
+    if walls:
+        result["median_wall_ms"] = statistics.median(walls)
+    if totals:
+        result["median_importtime_ms"] = statistics.median(totals)
+    if errors:
+        result["error"] = errors[0]
+    return result
+
+
+@dataclass(frozen=True)
+class Plan:
+    sdks: tuple[str, ...]
+    events: int
+    rounds: int
+    calls: int
+    import_runs: int
+
+    @property
+    def queue_size(self) -> int:
+        return max(self.events, 100_000)
+
+    @property
+    def flush_timeout(self) -> float:
+        return 60.0 + self.events / 1000  # seconds; generous: 14,600 events/s takes 7 s
+
+    @property
+    def child_timeout(self) -> float:
+        return 2 * self.flush_timeout + 120.0
+
+
+def measure_sdk(sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None]) -> JsonDict:
+    """Every metric for one SDK, each mode in a fresh child process."""
+    base = {
+        "sdk": sdk,
+        "url": sink.url,
+        "queue_size": plan.queue_size,
+        "flush_timeout": plan.flush_timeout,
+    }
+    out: JsonDict = {}
+
+    log(f"{sdk}: track() cost, {plan.rounds} rounds x {plan.calls:,} calls")
+    sink.reset()
+    cost = spawn(
+        {**base, "mode": "cost", "tuned": True, "rounds": plan.rounds, "calls": plan.calls},
+        plan.child_timeout,
+    )
+    if "error" not in cost:
+        cost["sink"] = sink.wait_for(cost["sent"], 10.0)
+    out["cost"] = cost
+
+    log(f"{sdk}: end-to-end burst of {plan.events:,} events, gzip on, queue {plan.queue_size:,}")
+    sink.reset()
+    burst = spawn(
+        {**base, "mode": "burst", "tuned": True, "events": plan.events}, plan.child_timeout
+    )
+    if "error" not in burst:
+        stats = sink.wait_for(plan.events, 10.0)
+        burst["sink"] = stats
+        burst["complete"] = bool(burst["flushed"]) and stats["unique"] == plan.events
+        if burst["complete"]:
+            burst["events_per_s"] = plan.events / burst["total_s"]
+            # Cross-check: the sink's own clock for the last new messageId.
+            burst["sink_total_s"] = stats["last_new_at"] - burst["started_at"]
+    out["burst"] = burst
+
+    log(f"{sdk}: burst of {plan.events:,} events at default options")
+    sink.reset()
+    defaults = spawn(
+        {**base, "mode": "burst", "tuned": False, "events": plan.events}, plan.child_timeout
+    )
+    if "error" not in defaults:
+        # Whatever was accepted is delivered within the flush; wait a little for stragglers.
+        stats = sink.wait_for(defaults["accepted"], 5.0)
+        defaults["sink"] = stats
+        defaults["received"] = stats["unique"]
+        defaults["dropped"] = plan.events - stats["unique"]
+    out["defaults"] = defaults
+
+    log(f"{sdk}: import + construct, {plan.import_runs} fresh interpreters")
+    out["import"] = measure_import(sdk, plan.import_runs, sink.url)
+    return out
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _get(result: JsonDict, *path: str) -> Any:
+    current: Any = result
+    for key in path:
+        if not isinstance(current, dict) or key not in current:
+            return None
+        current = current[key]
+    return current
+
+
+def table_rows(results: dict[str, JsonDict], plan: Plan) -> list[tuple[str, list[str]]]:
+    """(metric, one cell per SDK) rows of the report."""
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, cell: Callable[[JsonDict], str]) -> None:
+        cells = []
+        for sdk in plan.sdks:
+            result = results[sdk]
+            cells.append(cell(result))
+        rows.append((label, cells))
+
+    def err(part: JsonDict | None) -> str | None:
+        if part is None:
+            return "n/a"
+        return "error" if "error" in part else None
+
+    row(
+        "track() per call, median [µs]",
+        lambda r: err(r.get("cost")) or _num(_get(r, "cost", "median_us"), 2),
+    )
+    row(
+        "  min .. max of rounds [µs]",
+        lambda r: (
+            err(r.get("cost"))
+            or "{:.2f} .. {:.2f}".format(
+                min(r["cost"]["per_call_us"]), max(r["cost"]["per_call_us"])
+            )
+        ),
+    )
+    row(
+        f"end-to-end {plan.events:,} events, gzip [ev/s]",
+        lambda r: (
+            err(r.get("burst"))
+            or (
+                _num(_get(r, "burst", "events_per_s"), 0)
+                if _get(r, "burst", "complete")
+                else "incomplete"
+            )
+        ),
+    )
+    row(
+        "  all calls returned / flushed [s]",
+        lambda r: (
+            err(r.get("burst"))
+            or "{:.2f} / {:.2f}".format(r["burst"]["enqueue_s"], r["burst"]["total_s"])
+        ),
+    )
+    row(
+        "  sink: unique messageIds",
+        lambda r: err(r.get("burst")) or f"{r['burst']['sink']['unique']:,}",
+    )
+    row(
+        f"dropped at defaults, {plan.events:,} burst",
+        lambda r: (
+            err(r.get("defaults"))
+            or "{:,} ({:.1f}%)".format(
+                r["defaults"]["dropped"], 100 * r["defaults"]["dropped"] / plan.events
+            )
+        ),
+    )
+    row(
+        "  sink received / sent",
+        lambda r: (
+            err(r.get("defaults"))
+            or "{:,} / {:,}".format(r["defaults"]["received"], r["defaults"]["sent"])
+        ),
+    )
+    row(
+        f"peak RSS, {plan.events:,} burst [MiB]",
+        lambda r: err(r.get("burst")) or _num(r["burst"]["rss_peak_kib"] / 1024, 1),
+    )
+    row(
+        "  after import + construct [MiB]",
+        lambda r: err(r.get("burst")) or _num(r["burst"]["rss_ready_kib"] / 1024, 1),
+    )
+    row("import + construct, median [ms]", lambda r: _num(_get(r, "import", "median_wall_ms"), 1))
+    row("-X importtime total [ms]", lambda r: _num(_get(r, "import", "median_importtime_ms"), 1))
+    return rows
+
+
+def compute_ratios(results: dict[str, JsonDict], plan: Plan) -> JsonDict:
+    """The target ratios, ours against each measured peer."""
+    ratios: JsonDict = {}
+    ours = results.get("ours")
+    if ours is None:
+        return ratios
+    drops = _get(ours, "defaults", "dropped")
+    ratios["ours_dropped_at_defaults"] = {
+        "value": drops,
+        "target": 0,
+        "met": drops == 0 if drops is not None else None,
+    }
+    for peer in ("segment", "rudder"):
+        other = results.get(peer)
+        if other is None:
+            continue
+
+        def ratio(path: tuple[str, ...], target: float, at_most: bool) -> JsonDict:
+            mine, theirs = _get(ours, *path), _get(other, *path)  # noqa: B023 - used at once
+            if not mine or not theirs:
+                return {"value": None, "target": target, "met": None}
+            value = mine / theirs
+            return {
+                "value": value,
+                "target": target,
+                "met": value <= target if at_most else value >= target,
+            }
+
+        ratios[peer] = {
+            "track_cost": ratio(("cost", "median_us"), COST_TARGET, at_most=True),
+            "throughput": ratio(("burst", "events_per_s"), THROUGHPUT_TARGET, at_most=False),
+            "peak_rss": ratio(("burst", "rss_peak_kib"), RSS_TARGET, at_most=True),
+            "import_wall": ratio(("import", "median_wall_ms"), 1.0, at_most=True),
+            "peer_dropped_at_defaults": _get(other, "defaults", "dropped"),
+        }
+    return ratios
+
+
+def render(results: dict[str, JsonDict], ratios: JsonDict, plan: Plan) -> str:
+    rows = table_rows(results, plan)
+    headers = [SDK_TITLES[sdk] for sdk in plan.sdks]
+    label_width = max(len(label) for label, _ in rows)
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "metric".ljust(label_width)
+        + "".join(f"  {h:>{w}}" for h, w in zip(headers, widths, strict=True)),
+        "-" * (label_width + sum(w + 2 for w in widths)),
+    ]
+    for label, cells in rows:
+        lines.append(
+            label.ljust(label_width)
+            + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
+
+    def verdict(entry: JsonDict) -> str:
+        met = entry.get("met")
+        return "" if met is None else ("  met" if met else "  MISSED")
+
+    def fmt(entry: JsonDict, kind: str) -> str:
+        value = entry.get("value")
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}x" if kind == "x" else f"{value:.3f}"
+
+    if ratios:
+        lines += ["", "targets (ours vs peer)"]
+        drop = ratios["ours_dropped_at_defaults"]
+        lines.append(
+            f"  ours dropped at defaults ({plan.events:,} burst): "
+            f"{drop['value']} (target 0){verdict(drop)}"
+        )
+        for peer in ("segment", "rudder"):
+            if peer not in ratios:
+                continue
+            r = ratios[peer]
+            lines.append(f"  vs {peer}:")
+            lines.append(
+                f"    track() cost ours/{peer}: {fmt(r['track_cost'], 'r')} "
+                f"(target <= 0.333){verdict(r['track_cost'])}"
+            )
+            lines.append(
+                f"    end-to-end events/s ours/{peer}: {fmt(r['throughput'], 'x')} "
+                f"(target >= 4x){verdict(r['throughput'])}"
+            )
+            lines.append(
+                f"    peak RSS ours/{peer}: {fmt(r['peak_rss'], 'r')} "
+                f"(target <= 0.5){verdict(r['peak_rss'])}"
+            )
+            lines.append(
+                f"    import + construct ours/{peer}: {fmt(r['import_wall'], 'r')} (no target)"
+            )
+            lines.append(f"    {peer} dropped at defaults: {r['peer_dropped_at_defaults']}")
+    return "\n".join(lines)
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=REPO_ROOT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Plan, bool, bool]:
+    """The plan, whether to reinstall the virtualenv, whether to save the JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Benchmark analytics_sdk against segment-analytics-python and "
+        "rudder-sdk-python on a local sink (see benchmarks/README.md)."
+    )
+    parser.add_argument("--events", type=int, help="events per burst (default 100000)")
+    parser.add_argument("--rounds", type=int, help="timed rounds of track() (default 20)")
+    parser.add_argument("--calls", type=int, help="track() calls per round (default 5000)")
+    parser.add_argument("--import-runs", type=int, help="fresh interpreters per SDK (default 7)")
+    parser.add_argument(
+        "--sdk", default=",".join(SDKS), help="comma-separated subset of: ours,segment,rudder"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 20000 events, 5 rounds x 2000 calls, 3 imports",
+    )
+    parser.add_argument(
+        "--reinstall",
+        action="store_true",
+        help="reinstall (and upgrade) the benchmark virtualenv's packages",
+    )
+    parser.add_argument("--no-save", action="store_true", help="do not write the JSON file")
+    args = parser.parse_args(argv)
+    sdks = tuple(s.strip() for s in args.sdk.split(",") if s.strip())
+    unknown = [s for s in sdks if s not in SDKS]
+    if unknown or not sdks:
+        parser.error(f"--sdk takes a subset of {','.join(SDKS)} (got {args.sdk!r})")
+    quick = bool(args.quick)
+    plan = Plan(
+        sdks=sdks,
+        events=args.events or (20_000 if quick else 100_000),
+        rounds=args.rounds or (5 if quick else 20),
+        calls=args.calls or (2_000 if quick else 5_000),
+        import_runs=args.import_runs or (3 if quick else 7),
+    )
+    if min(plan.events, plan.rounds, plan.calls, plan.import_runs) < 1:
+        parser.error("--events, --rounds, --calls and --import-runs must be positive")
+    return plan, bool(args.reinstall), not args.no_save
+
+
+def main(argv: Sequence[str]) -> int:
+    plan, reinstall, save = parse_args(argv)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    env = ensure_env(reinstall)
+    log(f"benchmark env: Python {env['python']}, {env['versions']}")
+    sink = Sink(sys.executable)
+    results: dict[str, JsonDict] = {}
+    try:
+        log(f"sink at {sink.url}")
+        for sdk in plan.sdks:
+            results[sdk] = measure_sdk(sdk, plan, sink, log)
+    finally:
+        sink.stop()
+    ratios = compute_ratios(results, plan)
+    report = render(results, ratios, plan)
+    print()
+    print(report)
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    document = {
+        "timestamp": stamp,
+        "command": " ".join([Path(sys.argv[0]).name, *argv]),
+        "plan": {
+            "sdks": list(plan.sdks),
+            "events": plan.events,
+            "rounds": plan.rounds,
+            "calls": plan.calls,
+            "import_runs": plan.import_runs,
+            "queue_size_tuned": plan.queue_size,
+        },
+        "environment": {**env, "cpu_count": os.cpu_count(), "commit": _git_commit()},
+        "results": results,
+        "ratios": ratios,
+        "table": report,
+        "duration_s": time.monotonic() - started,
+    }
+    if save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{stamp}.json"
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nresults: {path.relative_to(REPO_ROOT)}  ({document['duration_s']:.0f} s)")
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv[:1] == ["--sink"]:
+        serve_sink(float(argv[1]) if len(argv) > 1 else SINK_LIFETIME)
+        return 0
+    if argv[:1] == ["--child"]:
+        child_main(argv[1])
+        return 0  # not reached: the child leaves through os._exit
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_dispatch(sys.argv[1:]))
