@@ -433,3 +433,23 @@ def test_no_thread_starts_before_the_first_message(make_client: MakeClient) -> N
     assert consumer_threads() <= before
     clients[0].track("u1", "E")
     assert consumer_threads() - before
+
+
+def test_shut_down_clients_release_their_threads_and_memory(data_plane: DataPlane) -> None:
+    import gc
+    import weakref
+
+    from analytics_sdk import Client
+
+    baseline = len(threading.enumerate())
+    refs = []
+    for i in range(200):
+        client = Client("wk_test_key", data_plane.url)
+        client.track("u1", "E", {"i": i})
+        assert client.shutdown(timeout=5)
+        refs.append(weakref.ref(client))
+        del client
+    gc.collect()
+    assert len(threading.enumerate()) <= baseline + 1  # the server may still be answering
+    assert all(ref() is None for ref in refs)
+    assert len(data_plane.events) == 200
