@@ -7,9 +7,10 @@ import threading
 import time
 
 logger = logging.getLogger("analytics_sdk")
-# A library never configures logging for the application (LESSONS R16.1): no handler but
-# the NullHandler that keeps "No handlers could be found" quiet on old setups.
-logger.addHandler(logging.NullHandler())
+# A library never configures logging for the application: no handler, no level, no
+# basicConfig. Deliberately no NullHandler either: in an application that configured no
+# logging at all, Python's last-resort handler then prints our WARNING and ERROR lines to
+# stderr, so lost events are never silent (they are rate-limited, so never a flood).
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
