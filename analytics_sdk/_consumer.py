@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -27,6 +28,29 @@ def _default_transport(options: ClientOptions, stop: threading.Event) -> Transpo
     from analytics_sdk._transport import Transport
 
     return Transport(options, stop)
+
+
+_threads_checked = False
+
+
+def _check_threads_can_run() -> None:
+    """uWSGI without enable-threads never runs Python threads: say so once, loudly.
+
+    Events would wait in the queue until the process exits (LESSONS R4.1). The fix is the
+    server's: `enable-threads = true` (and `py-call-uwsgi-fork-hooks = true` with preforking),
+    or `sync_mode=True` here.
+    """
+    global _threads_checked
+    _threads_checked = True
+    uwsgi = sys.modules.get("uwsgi")
+    options = getattr(uwsgi, "opt", None)
+    if isinstance(options, dict) and not options.get("enable-threads") and not options.get(
+        "threads"
+    ):
+        logger.warning(
+            "uWSGI runs without Python threads: events are only sent at exit. Set "
+            "enable-threads = true (and py-call-uwsgi-fork-hooks = true), or sync_mode=True"
+        )
 
 
 class Consumer:
@@ -211,6 +235,8 @@ class Consumer:
     # -- the delivery thread ---------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
+        if not _threads_checked:
+            _check_threads_can_run()
         if self._pid != os.getpid():
             self.after_fork()  # a fork the at-fork hook did not see (second line of defence)
         if self._options.sync_mode:

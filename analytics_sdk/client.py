@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import json
 import os
 import sys
+import threading
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -103,6 +105,7 @@ class Client:
         self._consumer = Consumer(opts, self._reporter)
         self._identity = Identity(opts.identity_path)
         self._discarded = 0
+        self._discarded_lock = threading.Lock()
         self._closed = False
         self._base_context = clean(opts.context, "context") if opts.context else None
         self._middleware = opts.middleware
@@ -326,6 +329,14 @@ class Client:
             return True
         return self._consumer.shutdown(budget, at_exit=at_exit)
 
+    async def aflush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT) -> bool:
+        """`flush()` for asyncio code: waits in a worker thread, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
+
+    async def ashutdown(self, timeout: float | None = None) -> bool:
+        """`shutdown()` for asyncio code (a FastAPI lifespan, say), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.shutdown, timeout)
+
     def __enter__(self) -> Self:
         return self
 
@@ -456,7 +467,8 @@ class Client:
                 reason=Reason.TOO_LARGE,
             )
         if not opts.send:
-            self._discarded += 1
+            with self._discarded_lock:
+                self._discarded += 1
             return message_id
         if opts.sync_mode:
             try:
@@ -543,6 +555,7 @@ class Client:
         self._reporter.after_fork()
         self._identity.after_fork()
         self._discarded = 0
+        self._discarded_lock = threading.Lock()
 
     def _exit(self) -> None:
         if not self._closed:

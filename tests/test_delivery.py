@@ -215,9 +215,7 @@ def test_retries_end_and_are_reported(make_client: MakeClient, data_plane: DataP
     assert [e["event"] for e in data_plane.events] == ["Recovered"]
 
 
-def test_413_splits_the_batch_until_it_fits(
-    make_client: MakeClient, data_plane: DataPlane
-) -> None:
+def test_413_splits_the_batch_until_it_fits(make_client: MakeClient, data_plane: DataPlane) -> None:
     data_plane.max_body = 20_000
     reports, on_error = recorder()
     client = make_client(flush_interval=60, on_error=on_error)
@@ -453,3 +451,56 @@ def test_shut_down_clients_release_their_threads_and_memory(data_plane: DataPlan
     assert len(threading.enumerate()) <= baseline + 1  # the server may still be answering
     assert all(ref() is None for ref in refs)
     assert len(data_plane.events) == 200
+
+
+def test_aflush_and_ashutdown_wait_off_the_event_loop(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    import asyncio
+
+    data_plane.script = [Reply(delay=0.3)]
+    client = make_client()
+    lags: list[float] = []
+
+    async def heartbeat(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - started - 0.01)
+
+    async def main() -> tuple[bool, bool]:
+        stop = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(stop))
+        client.track("u1", "Async")
+        flushed = await client.aflush(timeout=5)
+        closed = await client.ashutdown(timeout=5)
+        stop.set()
+        await beat
+        return flushed, closed
+
+    assert asyncio.run(main()) == (True, True)
+    assert len(data_plane.events) == 1
+    assert len(lags) >= 10  # the loop kept beating while we waited 0.3 s for the server
+
+
+def test_uwsgi_without_threads_gets_one_warning(
+    make_client: MakeClient,
+    data_plane: DataPlane,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import sys
+    import types
+
+    from analytics_sdk import _consumer
+
+    fake = types.ModuleType("uwsgi")
+    fake.opt = {"master": True}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    monkeypatch.setattr(_consumer, "_threads_checked", False)
+    client = make_client()
+    client.track("u1", "E")
+    client.track("u1", "E")
+    assert client.flush(timeout=5)
+    warnings = [r for r in caplog.records if "enable-threads" in r.getMessage()]
+    assert len(warnings) == 1
