@@ -67,10 +67,16 @@ class Consumer:
         options: ClientOptions,
         reporter: Reporter,
         transport_factory: TransportFactory = _default_transport,
+        on_fork: Callable[[], None] | None = None,
     ) -> None:
         self._options = options
         self._reporter = reporter
         self._transport_factory = transport_factory
+        self._on_fork = on_fork  # the client's whole reset, when a fork is noticed here
+        # A producer in a tight loop holds the GIL for whole switch intervals and starves
+        # this thread, which needs the GIL back after every socket call: past this many
+        # waiting messages, put() yields it once per batch.
+        self._yield_at = 10 * options.flush_at
         self._flush_at = options.flush_at
         self._max_queue_size = options.max_queue_size
         self._max_queue_bytes = options.max_queue_bytes
@@ -115,10 +121,18 @@ class Consumer:
         """
         self._reset_state()
 
+    def _check_fork(self) -> None:
+        """A fork the at-fork hook did not see (a C-level fork, uWSGI without its fork
+        hooks): reset before touching anything inherited."""
+        if self._pid != os.getpid():
+            (self._on_fork or self.after_fork)()
+
     # -- intake (the caller's thread) ------------------------------------------------------
 
     def put(self, data: bytes) -> str | None:
         """Queue one serialized message: None when accepted, else the drop reason."""
+        if self._pid != os.getpid():
+            self._check_fork()
         size = len(data) + MESSAGE_OVERHEAD_BYTES
         with self._lock:
             if self._closing:
@@ -136,8 +150,10 @@ class Consumer:
                 self._queued_bytes >= self._batch_bytes > self._queued_bytes - size
             ):
                 self._work.notify()  # a full batch is waiting
-        if not self._running or self._pid != os.getpid():
+        if not self._running:
             self._ensure_thread()
+        elif count >= self._yield_at and count % self._flush_at == 0:
+            time.sleep(0)  # let the delivery thread have the GIL: it is falling behind
         return None
 
     def send_now(self, data: bytes) -> bool:
@@ -145,11 +161,18 @@ class Consumer:
 
         Returns True when delivered; False when it failed (and was reported).
         """
+        self._check_fork()
         with self._lock:
             if self._closing:
                 raise DeliveryError("the client is shut down", reason=Reason.SHUTDOWN)
             self._accepted += 1
-        return self._deliver([data], self._get_transport()) == 1
+        try:
+            return self._deliver([data], self._get_transport()) == 1
+        except Exception:  # noqa: BLE001 - the message is accepted: it must be settled
+            logger.exception("delivery failed unexpectedly; reporting the message")
+            error = DeliveryError("internal error while delivering", reason=Reason.INTERNAL_ERROR)
+            self._settle([data], error)
+            return False
 
     # -- flush and shutdown ----------------------------------------------------------------
 
@@ -159,9 +182,10 @@ class Consumer:
         Returns False if `timeout` seconds ran out first, or when called from the delivery
         thread itself (an `on_error` callback), where waiting could never end.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if threading.current_thread() is self._thread:
-            return False
+        self._check_fork()
+        deadline = _deadline(timeout)
+        if threading.current_thread() is self._thread or self._reporter.in_callback():
+            return False  # waiting here would wait for ourselves
         with self._lock:
             target = self._accepted
             if self._settled >= target:
@@ -171,21 +195,34 @@ class Consumer:
         self._ensure_thread()  # a dead or missing thread must not make flush wait forever
         return self._wait_settled(target, deadline)
 
-    def shutdown(self, timeout: float, *, at_exit: bool = False) -> bool:
+    def shutdown(self, timeout: float | None, *, at_exit: bool = False) -> bool:
         """Stop intake, deliver within `timeout` seconds, report what is left. Idempotent.
 
         Returns True when everything accepted was delivered or reported before the budget
-        ran out; False when leftovers had to be reported as `shutdown`. At interpreter exit
-        the HTTP session is left to the OS: closing urllib3's pool from an atexit hook can
-        finalize a half-closed socket and print a ResourceWarning (seen with -X dev).
+        ran out; False when leftovers had to be reported as `shutdown`, or when called from
+        an `on_error` callback (the exit hook finishes the job then).
         """
-        deadline = time.monotonic() + timeout
+        self.begin_shutdown()
+        return self.finish_shutdown(_deadline(timeout), at_exit=at_exit)
+
+    def begin_shutdown(self) -> None:
+        """Stop intake and send what is queued without waiting (the exit hook starts every
+        client first, then waits once, so N clients share one budget)."""
+        self._check_fork()
         with self._lock:
             self._closing = True
-            target = self._accepted
             self._work.notify()
-        if threading.current_thread() is self._thread:
-            return False  # from on_error: the thread drains and exits on its own
+
+    def finish_shutdown(self, deadline: float | None, *, at_exit: bool = False) -> bool:
+        """Wait for the drain until `deadline`; then report what is left and stop.
+
+        At interpreter exit the HTTP session is left to the OS: closing urllib3's pool from
+        an atexit hook can finalize a half-closed socket and print a ResourceWarning.
+        """
+        if threading.current_thread() is self._thread or self._reporter.in_callback():
+            return False  # from on_error: waiting for ourselves would never end
+        with self._lock:
+            target = self._accepted
         self._ensure_thread()
         drained = self._wait_settled(target, deadline)
         if not drained:
@@ -194,18 +231,27 @@ class Consumer:
         if thread is not None and thread is not threading.current_thread():
             # Drained: the thread is leaving now. Abandoned: it may sit in a request that
             # only its own timeout ends; it is a daemon and reports nothing more.
-            thread.join(max(0.0, deadline - time.monotonic()) if drained else 0.1)
+            wait = 0.1 if not drained else _remaining(deadline, default=1.0)
+            thread.join(wait)
         if self._transport is not None and not at_exit and not (thread and thread.is_alive()):
             self._transport.close()
         return drained
 
+    def finished(self) -> bool:
+        """True once shutdown began and every accepted message is settled."""
+        with self._lock:
+            return self._closing and self._settled >= self._accepted
+
     def _wait_settled(self, target: int, deadline: float | None) -> bool:
         with self._lock:
             while self._settled < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is None:
+                    self._settled_cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return False
-                self._settled_cond.wait(remaining)
+                self._settled_cond.wait(min(remaining, threading.TIMEOUT_MAX))
             return True
 
     def _abandon(self) -> None:
@@ -215,9 +261,12 @@ class Consumer:
             lost = list(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
-            if self._inflight is not None:
+            if self._inflight is not None and not self._abandoned:
+                # Claim the unsettled rest once: a second shutdown must not report it again.
                 lost[:0] = self._inflight[self._inflight_done :]
+                self._inflight_done = len(self._inflight)
             self._abandoned = True
+            self._failed += len(lost)
             self._work.notify()
         if lost:
             error = DeliveryError(
@@ -229,7 +278,6 @@ class Consumer:
             self._reporter.report(error, lost)
         with self._lock:
             self._settled += len(lost)
-            self._failed += len(lost)
             self._settled_cond.notify_all()
 
     # -- the delivery thread ---------------------------------------------------------------
@@ -237,8 +285,7 @@ class Consumer:
     def _ensure_thread(self) -> None:
         if not _threads_checked:
             _check_threads_can_run()
-        if self._pid != os.getpid():
-            self.after_fork()  # a fork the at-fork hook did not see (second line of defence)
+        self._check_fork()
         if self._options.sync_mode:
             return
         with self._lock:
@@ -246,14 +293,13 @@ class Consumer:
                 return
             self._running = True
         thread = threading.Thread(target=self._run, name="analytics_sdk.consumer", daemon=True)
+        self._thread = thread  # before start(): the thread must recognise itself at once
         try:
             thread.start()
         except RuntimeError as exc:  # interpreter shutting down, or no threads left
             with self._lock:
                 self._running = False
             logger.error("cannot start the delivery thread (%s); messages stay queued", exc)
-            return
-        self._thread = thread
 
     def _run(self) -> None:
         try:
@@ -357,15 +403,17 @@ class Consumer:
             if self._abandoned and threading.current_thread() is self._thread:
                 return  # shutdown reported these already
             self._inflight_done += count
-        if error is not None:
-            self._reporter.report(error, messages)  # before settling: flush() promises it
-        with self._lock:
-            self._settled += count
             if error is None:
                 self._delivered += count
             else:
                 self._failed += count
-            self._settled_cond.notify_all()
+        try:
+            if error is not None:
+                self._reporter.report(error, messages)  # before settling: flush() promises it
+        finally:
+            with self._lock:
+                self._settled += count
+                self._settled_cond.notify_all()
 
     def _settle_rest_as_internal_error(self) -> None:
         with self._lock:
@@ -377,6 +425,7 @@ class Consumer:
     # -- numbers -----------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
+        self._check_fork()
         with self._lock:
             in_flight = 0 if self._inflight is None else len(self._inflight) - self._inflight_done
             return {
@@ -386,3 +435,25 @@ class Consumer:
                 "queued": len(self._queue) + in_flight,
                 "retried": 0 if self._transport is None else self._transport.retries,
             }
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """A monotonic deadline for `timeout` seconds; None (no limit) for None or infinity."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        logger.error("timeout must be a number of seconds or None; using %s", 10.0)
+        seconds = 10.0
+    if seconds != seconds:  # NaN
+        seconds = 10.0
+    if seconds >= threading.TIMEOUT_MAX:
+        return None
+    return time.monotonic() + max(0.0, seconds)
+
+
+def _remaining(deadline: float | None, default: float) -> float:
+    if deadline is None:
+        return default
+    return max(0.0, deadline - time.monotonic())

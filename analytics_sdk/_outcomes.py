@@ -30,11 +30,17 @@ class Reporter:
         self._lock = threading.Lock()
         self._dropped: Counter[str] = Counter()
         self._callback_failures = 0
+        self._local = threading.local()  # .active: this thread is inside on_error
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._log = RateLimitedLog()
         self._dropped = Counter()
+        self._local = threading.local()
+
+    def in_callback(self) -> bool:
+        """True on a thread that is running on_error: flush/shutdown must not wait there."""
+        return bool(getattr(self._local, "active", False))
 
     def dropped(self) -> dict[str, int]:
         with self._lock:
@@ -69,12 +75,19 @@ class Reporter:
         self, error: AnalyticsError, messages: Sequence[bytes | dict[str, Any]]
     ) -> None:
         assert self._on_error is not None
+        self._local.active = True
         try:
             decoded = [json.loads(m) if isinstance(m, bytes) else m for m in messages]
             self._on_error(error, decoded)
-        except Exception:  # noqa: BLE001 - isolation boundary: user code must not break delivery
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and (
+                threading.current_thread() is threading.main_thread()
+            ):
+                raise  # Ctrl-C belongs to the application
             self._callback_failures += 1
             if self._callback_failures == 1:
                 logger.exception("on_error callback raised; it is ignored (logged once)")
             else:
                 logger.debug("on_error callback raised again (%d)", self._callback_failures)
+        finally:
+            self._local.active = False

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import dataclasses
 import json
 import os
 import sys
 import threading
+import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from analytics_sdk._consumer import Consumer
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._outcomes import Reporter
-from analytics_sdk._serialization import clean, dumps, format_time, now_iso, uuid4
+from analytics_sdk._serialization import clean, dumps, format_time, now_iso, reseed_ids, uuid4
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import (
     AnalyticsError,
+    ConfigurationError,
     DeliveryError,
     InvalidMessageError,
     Reason,
@@ -56,7 +57,9 @@ class Stats:
     rejected at once are in `dropped` only (they were never accepted).
 
     Attributes:
-        accepted: calls that returned a messageId.
+        accepted: messages that passed validation and entered delivery (every call that
+            returned a messageId; in sync_mode also a call that returned None because its
+            delivery failed, which is then in `failed` too).
         delivered: messages the data plane acknowledged with a 2xx.
         failed: accepted messages reported undeliverable (their reasons are in `dropped`).
         discarded: accepted messages not sent because `send=False` (or ANALYTICS_SDK_DISABLED).
@@ -102,12 +105,15 @@ class Client:
         self._options = opts = ClientOptions.build(write_key, data_plane_url, options)
         register_secret(opts.write_key.get_secret_value())
         self._reporter = Reporter(opts.on_error)
-        self._consumer = Consumer(opts, self._reporter)
+        self._consumer = Consumer(opts, self._reporter, on_fork=self._after_fork)
         self._identity = Identity(opts.identity_path)
         self._discarded = 0
         self._discarded_lock = threading.Lock()
         self._closed = False
-        self._base_context = clean(opts.context, "context") if opts.context else None
+        try:
+            self._base_context = clean(opts.context, "context") if opts.context else None
+        except InvalidMessageError as exc:
+            raise ConfigurationError(f"invalid client options: {exc}") from None
         self._middleware = opts.middleware
         _live_clients.add(self)
         _warn_if_duplicate(self)
@@ -157,7 +163,7 @@ class Client:
                 message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
             if message_id is not None and self._options.stateful and "userId" in message:
-                self._identity.remember(message["userId"], clean_traits)
+                self._remember(message["userId"], clean_traits)
             return message_id
         except Exception as exc:  # noqa: BLE001 - public-method guard: bad input never raises (unless strict)
             return self._reject(exc, "identify")
@@ -286,10 +292,17 @@ class Client:
                 message, new_id, None, context, timestamp, integrations, message_id
             )
             if message_id is not None and self._options.stateful:
-                self._identity.remember(new_id)
+                self._remember(new_id, None)
             return message_id
         except Exception as exc:  # noqa: BLE001 - public-method guard
             return self._reject(exc, "alias")
+
+    def _remember(self, user_id: str, traits: JsonDict | None) -> None:
+        # The message is accepted already: a failure here must not turn it into None.
+        try:
+            self._identity.remember(user_id, traits)
+        except Exception:  # noqa: BLE001 - identity is a convenience; delivery goes on
+            logger.exception("could not remember the stateful identity")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -324,17 +337,26 @@ class Client:
     def _shutdown(self, timeout: float | None, *, at_exit: bool) -> bool:
         budget = self._options.shutdown_timeout if timeout is None else timeout
         self._closed = True
-        _live_clients.discard(self)
         if not self._options.send:
+            _live_clients.discard(self)
             return True
-        return self._consumer.shutdown(budget, at_exit=at_exit)
+        drained = self._consumer.shutdown(budget, at_exit=at_exit)
+        if self._consumer.finished():
+            # Until then the exit hook keeps it: a shutdown() called from on_error returns
+            # at once, and someone must still bound and report the rest.
+            _live_clients.discard(self)
+        return drained
 
     async def aflush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT) -> bool:
         """`flush()` for asyncio code: waits in a worker thread, never on the event loop."""
+        import asyncio  # here, not at the top: most users never pay its import time
+
         return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
     async def ashutdown(self, timeout: float | None = None) -> bool:
         """`shutdown()` for asyncio code (a FastAPI lifespan, say), off the event loop."""
+        import asyncio
+
         return await asyncio.get_running_loop().run_in_executor(None, self.shutdown, timeout)
 
     def __enter__(self) -> Self:
@@ -554,12 +576,24 @@ class Client:
         self._consumer.after_fork()
         self._reporter.after_fork()
         self._identity.after_fork()
+        reseed_ids()  # the at-fork hook does it too; a fork only the pid check saw needs it
         self._discarded = 0
         self._discarded_lock = threading.Lock()
 
     def _exit(self) -> None:
-        if not self._closed:
-            self._shutdown(None, at_exit=True)
+        """The exit-time shutdown of this one client (a multiprocessing child's finalizer)."""
+        self._begin_exit()
+        self._finish_exit(time.monotonic() + self._options.shutdown_timeout)
+
+    def _begin_exit(self) -> None:
+        self._closed = True
+        if self._options.send:
+            self._consumer.begin_shutdown()
+
+    def _finish_exit(self, deadline: float) -> None:
+        if self._options.send:
+            self._consumer.finish_shutdown(deadline, at_exit=True)
+        _live_clients.discard(self)
 
 
 def _invalid(field: str, problem: str) -> InvalidMessageError:
@@ -587,10 +621,13 @@ def _text(value: object, field: str) -> str:
 
 
 def _time(value: object) -> str:
-    if isinstance(value, datetime):
-        return format_time(value)
-    if isinstance(value, date):
-        return format_time(datetime(value.year, value.month, value.day, tzinfo=timezone.utc))
+    try:
+        if isinstance(value, datetime):
+            return format_time(value)
+        if isinstance(value, date):
+            return format_time(datetime(value.year, value.month, value.day, tzinfo=timezone.utc))
+    except (OverflowError, ValueError):
+        raise _invalid("timestamp", "is outside the range of UTC datetimes") from None
     if isinstance(value, str):
         try:  # Python 3.10's fromisoformat does not take a trailing Z
             parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
@@ -638,13 +675,30 @@ def _warn_if_duplicate(client: Client) -> None:
 
 
 def _shutdown_all_at_exit() -> None:
+    """Flush every live client at exit within one budget: the largest shutdown_timeout.
+
+    All clients start draining first, then the hook waits once, so N clients cost the time
+    of the slowest, not the sum (LESSONS R1.1).
+    """
+    clients = list(_live_clients)
+    if not clients:
+        return
     try:
-        for client in list(_live_clients):
-            client._exit()
+        budget = max(client.options.shutdown_timeout for client in clients)
+        deadline = time.monotonic() + budget
+        for client in clients:
+            _guarded(client._begin_exit)
+        for client in clients:
+            _guarded(lambda: client._finish_exit(deadline))  # noqa: B023 - called at once
     except KeyboardInterrupt:  # Ctrl-C during the exit drain: stop quietly (R1.5)
         logger.warning("exit-time flush interrupted; undelivered messages are lost")
-    except Exception:  # noqa: BLE001 - isolation boundary: never a traceback at interpreter exit
-        logger.debug("exit-time flush failed", exc_info=True)
+
+
+def _guarded(step: Callable[[], object]) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - one client's failure must not skip the others
+        logger.error("exit-time flush of a client failed", exc_info=True)
 
 
 def _reinit_all_after_fork() -> None:

@@ -61,6 +61,10 @@ class Identity:
 
     def remember(self, user_id: str, traits: dict[str, Any] | None = None) -> None:
         """Remember `user_id`; merge `traits` (a new user starts from no traits)."""
+        if traits:
+            # A deep copy: later changes to the caller's nested dicts must not leak into
+            # the next message's context.traits (traits are JSON values already).
+            traits = json.loads(json.dumps(traits))
         with self._lock:
             if user_id != self._user_id:
                 self._traits = {}
@@ -84,7 +88,7 @@ class Identity:
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8 at all
             logger.warning("cannot read identity file (%s); starting a new identity", exc)
             return
         try:

@@ -96,13 +96,15 @@ class ClientOptions(BaseModel):
     control_plane_url: str | None = None
     source_config: dict[str, Any] | Path | None = None
     flush_at: int = Field(default=DEFAULT_FLUSH_AT, ge=1, le=100_000)
-    flush_interval: float = Field(default=DEFAULT_FLUSH_INTERVAL, gt=0, le=3600)
+    flush_interval: float = Field(
+        default=DEFAULT_FLUSH_INTERVAL, gt=0, le=3600, allow_inf_nan=False
+    )
     max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=1024)
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=256)
     max_queue_size: int = Field(default=DEFAULT_MAX_QUEUE_SIZE, ge=1)
     max_queue_bytes: int = Field(default=DEFAULT_MAX_QUEUE_BYTES, ge=1024)
     gzip: bool = True
-    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=86_400, allow_inf_nan=False)
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
     sync_mode: bool = False
     send: bool = True
@@ -113,13 +115,17 @@ class ClientOptions(BaseModel):
     storage_path: Path | None = None
     middleware: tuple[Middleware, ...] = ()
     integrations: tuple[Any, ...] = ()  # Integration instances (issue 3)
-    config_refresh_interval: float = Field(default=DEFAULT_CONFIG_REFRESH_INTERVAL, gt=0)
+    config_refresh_interval: float = Field(
+        default=DEFAULT_CONFIG_REFRESH_INTERVAL, gt=0, le=86_400, allow_inf_nan=False
+    )
     config_cache_path: Path | None = None
-    shutdown_timeout: float = Field(default=DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
+    shutdown_timeout: float = Field(
+        default=DEFAULT_SHUTDOWN_TIMEOUT, ge=0, le=86_400, allow_inf_nan=False
+    )
     context: dict[str, Any] | None = None
     # A requests.Session (duck-typed so that importing the SDK does not import requests).
     session: Any = None
-    proxies: dict[str, str] | None = None
+    proxies: dict[str, str] | None = Field(default=None, repr=False)  # may hold a password
     verify: bool | str | None = None  # None: requests' default (verify, with certifi)
 
     @field_validator("data_plane_url")
@@ -134,9 +140,10 @@ class ClientOptions(BaseModel):
 
     @field_validator("session")
     @classmethod
-    def _session_can_post(cls, value: Any) -> Any:
-        if value is not None and not callable(getattr(value, "post", None)):
-            raise ValueError("must be a requests.Session (an object with a post() method)")
+    def _session_is_a_requests_session(cls, value: Any) -> Any:
+        needed = ("send", "prepare_request", "merge_environment_settings", "close")
+        if value is not None and not all(callable(getattr(value, m, None)) for m in needed):
+            raise ValueError("must be a requests.Session (or a subclass of it)")
         return value
 
     @model_validator(mode="after")

@@ -279,19 +279,27 @@ def _in_thread(function: Callable[[], object], timeout: float) -> bool:
     return not thread.is_alive()
 
 
-def make_adapter(sdk: str, url: str, tuned: bool, queue_size: int) -> Adapter:
-    """A client of `sdk` aimed at `url`.
+def make_adapter(sdk: str, url: str, config: str, queue_size: int) -> Adapter:
+    """A client of `sdk` aimed at `url`, configured as `config` says.
 
-    `tuned`: gzip on and a queue of `queue_size` (nothing dropped); else the SDK's defaults.
+    "tuned": gzip on and a queue of `queue_size` (nothing dropped); "defaults": the SDK's
+    defaults; "nosend": `send=False`, so no delivery thread competes with the caller.
     """
+    choices: dict[str, JsonDict] = {
+        "tuned": {"gzip": True, "max_queue_size": queue_size},
+        "defaults": {},
+        "nosend": {"send": False},
+    }
+    options = choices[config]
     if sdk == "ours":
         from analytics_sdk import Client
 
-        ours = (
-            Client(WRITE_KEY, url, gzip=True, max_queue_size=queue_size)
-            if tuned
-            else Client(WRITE_KEY, url)
-        )
+        if config == "tuned":
+            ours = Client(WRITE_KEY, url, gzip=True, max_queue_size=queue_size)
+        elif config == "nosend":
+            ours = Client(WRITE_KEY, url, send=False)
+        else:
+            ours = Client(WRITE_KEY, url)
         return Adapter(
             track=ours.track,
             accepted=lambda result: result is not None,
@@ -301,19 +309,11 @@ def make_adapter(sdk: str, url: str, tuned: bool, queue_size: int) -> Adapter:
     if sdk == "segment":
         from segment.analytics import Client as SegmentClient
 
-        peer: Any = (
-            SegmentClient(WRITE_KEY, host=url, gzip=True, max_queue_size=queue_size)
-            if tuned
-            else SegmentClient(WRITE_KEY, host=url)
-        )
+        peer: Any = SegmentClient(WRITE_KEY, host=url, **options)
     elif sdk == "rudder":
         from rudderstack.analytics import Client as RudderClient
 
-        peer = (
-            RudderClient(WRITE_KEY, host=url, gzip=True, max_queue_size=queue_size)
-            if tuned
-            else RudderClient(WRITE_KEY, host=url)
-        )
+        peer = RudderClient(WRITE_KEY, host=url, **options)
     else:
         raise ValueError(f"unknown sdk {sdk!r}")
     # The peers' flush() is queue.join(), with no timeout: bound it from outside.
@@ -326,7 +326,19 @@ def make_adapter(sdk: str, url: str, tuned: bool, queue_size: int) -> Adapter:
 
 
 def _max_rss_kib() -> int:
-    """Peak resident set size of this process so far, in KiB (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in KiB.
+
+    Linux: VmHWM of /proc/self/status. `ru_maxrss` would do on a fresh process, but Linux
+    carries it over exec from the process that spawned us: a child of a 200 MiB parent
+    reports 200 MiB before it has done anything. Elsewhere: ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # macOS reports bytes
 
@@ -355,6 +367,7 @@ def child_cost(adapter: Adapter, rounds: int, calls: int, flush_timeout: float) 
         "per_call_us": per_call_us,
         "median_us": statistics.median(per_call_us),
         "sent": WARMUP_CALLS + rounds * calls,
+        "warmup_accepted": accepted,
         "flushed": flushed,
     }
 
@@ -383,7 +396,7 @@ def child_burst(adapter: Adapter, events: int, flush_timeout: float) -> JsonDict
 def run_child(spec: JsonDict) -> JsonDict:
     """The child's whole job: build the client, run the mode, report RSS and timings."""
     rss_start = _max_rss_kib()
-    adapter = make_adapter(spec["sdk"], spec["url"], spec["tuned"], spec["queue_size"])
+    adapter = make_adapter(spec["sdk"], spec["url"], spec["config"], spec["queue_size"])
     rss_ready = _max_rss_kib()
     if spec["mode"] == "cost":
         result = child_cost(adapter, spec["rounds"], spec["calls"], spec["flush_timeout"])
@@ -392,6 +405,7 @@ def run_child(spec: JsonDict) -> JsonDict:
     result["rss_start_kib"] = rss_start
     result["rss_ready_kib"] = rss_ready
     result["rss_peak_kib"] = _max_rss_kib()
+    result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # see above
     adapter.close(5.0)
     return result
 
@@ -448,24 +462,43 @@ def _probe_env() -> JsonDict | None:
     return info
 
 
+def _env_stamp() -> str:
+    """Changes when what the virtualenv must hold changes (our dependencies, the peers)."""
+    import hashlib
+
+    digest = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes())
+    digest.update(" ".join(PEER_PACKAGES).encode())
+    return digest.hexdigest()
+
+
 def ensure_env(reinstall: bool) -> JsonDict:
     """The benchmark virtualenv with both peers and this repository (editable)."""
     import subprocess
 
-    info = None if reinstall else _probe_env()
+    stamp_file = ENV_DIR / "bench-stamp.txt"
+    stamp = _env_stamp()
+    fresh = stamp_file.exists() and stamp_file.read_text().strip() == stamp
+    info = _probe_env() if fresh and not reinstall else None
     if info is not None:
         return info
-    if not env_python().exists():
-        print(f"creating {ENV_DIR} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(ENV_DIR)], check=True, timeout=300)
-    print(f"installing {', '.join(PEER_PACKAGES)} and -e {REPO_ROOT} ...", flush=True)
-    command = [str(env_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    if reinstall:
-        command.append("--upgrade")
-    subprocess.run([*command, *PEER_PACKAGES, "-e", str(REPO_ROOT)], check=True, timeout=900)
+    try:
+        if not env_python().exists():
+            print(f"creating {ENV_DIR} ...", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(ENV_DIR)], check=True, timeout=300)
+        print(
+            f"installing {', '.join(PEER_PACKAGES)} and -e {REPO_ROOT} ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        command = [str(env_python()), "-m", "pip", "install", "--quiet"]
+        command += ["--disable-pip-version-check", *(["--upgrade"] if reinstall else [])]
+        subprocess.run([*command, *PEER_PACKAGES, "-e", str(REPO_ROOT)], check=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(f"cannot set up the benchmark virtualenv {ENV_DIR}: {exc}") from None
     info = _probe_env()
     if info is None:
         raise SystemExit(f"the benchmark virtualenv {ENV_DIR} is not usable; try --reinstall")
+    stamp_file.write_text(stamp + "\n")
     return info
 
 
@@ -518,49 +551,41 @@ def _importtime_modules(stderr: str) -> dict[str, int]:
     return modules
 
 
+def _python_output(args: list[str]) -> tuple[str, str]:
+    """stdout and stderr of the benchmark virtualenv's python with `args` (60 s at most)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [str(env_python()), *args], capture_output=True, text=True, timeout=60, cwd=BENCH_DIR
+        )
+    except subprocess.TimeoutExpired:
+        return "", "timed out after 60 s"
+    return done.stdout, done.stderr
+
+
 def measure_import(sdk: str, runs: int, url: str) -> JsonDict:
     """Import + construct in fresh interpreters: wall time, and -X importtime's own total.
 
     The importtime total sums the self time of every module the SDK's import loads beyond
     what a bare interpreter (`-c pass`) has already loaded at startup.
     """
-    import subprocess
-
-    python = str(env_python())
     body = _IMPORT_CODE[sdk].format(key=WRITE_KEY, url=url)
     walls: list[float] = []
     errors: list[str] = []
     for _ in range(runs):
-        done = subprocess.run(
-            [python, "-c", _TIMED_IMPORT.format(body=body)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=BENCH_DIR,
-        )
+        stdout, stderr = _python_output(["-c", _TIMED_IMPORT.format(body=body)])
         try:
-            walls.append(float(done.stdout.strip().splitlines()[-1]) * 1000)
+            walls.append(float(stdout.strip().splitlines()[-1]) * 1000)
         except (IndexError, ValueError):
-            errors.append(done.stderr.strip()[-400:])
+            errors.append(stderr.strip()[-400:])
     totals: list[float] = []
     for _ in range(max(1, runs // 2)):
-        base = subprocess.run(
-            [python, "-X", "importtime", "-c", "pass"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=BENCH_DIR,
-        )
-        done = subprocess.run(
-            [python, "-X", "importtime", "-c", _PLAIN_IMPORT.format(body=body)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=BENCH_DIR,
-        )
-        startup = _importtime_modules(base.stderr)
-        loaded = _importtime_modules(done.stderr)
-        totals.append(sum(us for name, us in loaded.items() if name not in startup) / 1000)
+        startup = _importtime_modules(_python_output(["-X", "importtime", "-c", "pass"])[1])
+        code = _PLAIN_IMPORT.format(body=body)
+        loaded = _importtime_modules(_python_output(["-X", "importtime", "-c", code])[1])
+        if loaded:
+            totals.append(sum(us for name, us in loaded.items() if name not in startup) / 1000)
     result: JsonDict = {"wall_ms": walls, "importtime_ms": totals}
     if walls:
         result["median_wall_ms"] = statistics.median(walls)
@@ -603,19 +628,20 @@ def measure_sdk(sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None]) ->
     out: JsonDict = {}
 
     log(f"{sdk}: track() cost, {plan.rounds} rounds x {plan.calls:,} calls")
+    rounds = {"mode": "cost", "rounds": plan.rounds, "calls": plan.calls}
     sink.reset()
-    cost = spawn(
-        {**base, "mode": "cost", "tuned": True, "rounds": plan.rounds, "calls": plan.calls},
-        plan.child_timeout,
-    )
+    cost = spawn({**base, **rounds, "config": "tuned"}, plan.child_timeout)
     if "error" not in cost:
         cost["sink"] = sink.wait_for(cost["sent"], 10.0)
     out["cost"] = cost
 
+    log(f"{sdk}: track() cost with send=False (no delivery thread)")
+    out["cost_nosend"] = spawn({**base, **rounds, "config": "nosend"}, plan.child_timeout)
+
     log(f"{sdk}: end-to-end burst of {plan.events:,} events, gzip on, queue {plan.queue_size:,}")
     sink.reset()
     burst = spawn(
-        {**base, "mode": "burst", "tuned": True, "events": plan.events}, plan.child_timeout
+        {**base, "mode": "burst", "config": "tuned", "events": plan.events}, plan.child_timeout
     )
     if "error" not in burst:
         stats = sink.wait_for(plan.events, 10.0)
@@ -630,7 +656,7 @@ def measure_sdk(sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None]) ->
     log(f"{sdk}: burst of {plan.events:,} events at default options")
     sink.reset()
     defaults = spawn(
-        {**base, "mode": "burst", "tuned": False, "events": plan.events}, plan.child_timeout
+        {**base, "mode": "burst", "config": "defaults", "events": plan.events}, plan.child_timeout
     )
     if "error" not in defaults:
         # Whatever was accepted is delivered within the flush; wait a little for stragglers.
@@ -691,6 +717,10 @@ def table_rows(results: dict[str, JsonDict], plan: Plan) -> list[tuple[str, list
                 min(r["cost"]["per_call_us"]), max(r["cost"]["per_call_us"])
             )
         ),
+    )
+    row(
+        "  send=False: no delivery thread [µs]",
+        lambda r: err(r.get("cost_nosend")) or _num(_get(r, "cost_nosend", "median_us"), 2),
     )
     row(
         f"end-to-end {plan.events:,} events, gzip [ev/s]",
@@ -838,16 +868,28 @@ def render(results: dict[str, JsonDict], ratios: JsonDict, plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _git_commit() -> str | None:
+def _git_state() -> JsonDict:
+    """The repository's commit and whether the measured tree had uncommitted changes."""
     import subprocess
 
+    state: JsonDict = {"commit": None, "dirty": None}
     try:
-        done = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=REPO_ROOT
         )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "analytics_sdk"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=REPO_ROOT,
+        )
     except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
+        return state
+    if head.returncode == 0:
+        state["commit"] = head.stdout.strip()
+        state["dirty"] = bool(status.stdout.strip())
+    return state
 
 
 def parse_args(argv: Sequence[str]) -> tuple[Plan, bool, bool]:
@@ -928,7 +970,7 @@ def main(argv: Sequence[str]) -> int:
             "import_runs": plan.import_runs,
             "queue_size_tuned": plan.queue_size,
         },
-        "environment": {**env, "cpu_count": os.cpu_count(), "commit": _git_commit()},
+        "environment": {**env, "cpu_count": os.cpu_count(), **_git_state()},
         "results": results,
         "ratios": ratios,
         "table": report,

@@ -58,15 +58,16 @@ class RecordingStop(threading.Event):
         return self.is_set()
 
 
-class FakeSession:
-    """A `session=` object that records what post() was given and answers 200."""
+class FakeSession(requests.Session):
+    """A real `session=` whose send() records what it was given and answers 200."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+        super().__init__()
+        self.calls: list[tuple[requests.PreparedRequest, dict[str, Any]]] = []
         self.closed = False
 
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
-        self.calls.append((url, kwargs))
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.calls.append((request, kwargs))
         response = requests.Response()
         response.status_code = 200
         response._content = b'{"ok":true}'
@@ -74,6 +75,7 @@ class FakeSession:
 
     def close(self) -> None:
         self.closed = True
+        super().close()
 
 
 def make_transport(stop: RecordingStop | None = None, **options: Any) -> Transport:
@@ -409,7 +411,7 @@ def test_batch_url_is_joined_without_a_double_slash(
     assert mock.calls[0].request.url == url
 
 
-def test_proxies_verify_and_timeout_are_passed_to_session_post() -> None:
+def test_proxies_verify_and_timeout_are_passed_to_the_session() -> None:
     session = FakeSession()
     proxies = {"https": "http://proxy.internal:3128"}
     transport = make_transport(
@@ -418,22 +420,29 @@ def test_proxies_verify_and_timeout_are_passed_to_session_post() -> None:
 
     transport.send([message()])
 
-    ((url, kwargs),) = session.calls
-    assert url == URL
-    assert kwargs["proxies"] == proxies
+    ((request, kwargs),) = session.calls
+    assert request.url == URL
+    assert kwargs["proxies"]["https"] == proxies["https"]
     assert kwargs["verify"] == "/etc/ssl/corp-ca.pem"
     assert kwargs["timeout"] == 3.5
-    assert kwargs["headers"]["Authorization"].startswith("Basic ")
+    assert request.headers["Authorization"].startswith("Basic ")
 
 
-def test_unset_proxies_and_verify_leave_requests_defaults_alone() -> None:
+def test_environment_proxies_are_honoured_and_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://env-proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://env-proxy.internal:3128")
     session = FakeSession()
+    transport = make_transport(session=session)
+    monkeypatch.delenv("HTTPS_PROXY")  # read at construction, not per request
+    monkeypatch.delenv("HTTP_PROXY")
 
-    make_transport(session=session).send([message()])
+    transport.send([message()])
 
-    ((_url, kwargs),) = session.calls
-    assert "proxies" not in kwargs  # so requests still reads HTTPS_PROXY and friends
-    assert "verify" not in kwargs
+    ((_request, kwargs),) = session.calls
+    assert kwargs["proxies"]["http"] == "http://env-proxy.internal:3128"
+    assert kwargs["verify"] not in (False, None)  # True, or the environment's CA bundle
     assert kwargs["timeout"] == 10.0
 
 
@@ -442,8 +451,18 @@ def test_verify_false_is_passed_through() -> None:
 
     make_transport(session=session, verify=False).send([message()])
 
-    ((_url, kwargs),) = session.calls
+    ((_request, kwargs),) = session.calls
     assert kwargs["verify"] is False
+
+
+def test_a_proxy_password_never_reaches_errors_or_reprs() -> None:
+    proxies = {"http": "http://alice:hunter2@proxy.internal:99999"}
+    transport = make_transport(proxies=proxies, max_retries=0)
+    with pytest.raises(DeliveryError) as info:
+        transport.send([message()])
+    assert "hunter2" not in str(info.value)
+    opts = ClientOptions.build("wk_test", BASE, {"proxies": proxies}, environ={})
+    assert "hunter2" not in repr(opts)
 
 
 def test_close_leaves_a_callers_session_open() -> None:
