@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from analytics_sdk._logging import logger
 from analytics_sdk._outcomes import Reporter
+from analytics_sdk._serialization import compact, wire_size
 from analytics_sdk.errors import DeliveryError, Reason
 from analytics_sdk.options import ENVELOPE_BYTES, MESSAGE_OVERHEAD_BYTES, ClientOptions
 
@@ -133,7 +134,8 @@ class Consumer:
         """Queue one serialized message: None when accepted, else the drop reason."""
         if self._pid != os.getpid():
             self._check_fork()
-        size = len(data) + MESSAGE_OVERHEAD_BYTES
+        size = len(data) + MESSAGE_OVERHEAD_BYTES  # what it will weigh on the wire
+        data = compact(data)
         with self._lock:
             if self._closing:
                 return Reason.SHUTDOWN
@@ -357,7 +359,7 @@ class Consumer:
         queue, size = self._queue, 0
         batch: list[bytes] = []
         while queue and len(batch) < self._flush_at:
-            item = len(queue[0]) + MESSAGE_OVERHEAD_BYTES
+            item = wire_size(queue[0]) + MESSAGE_OVERHEAD_BYTES
             if size + item > self._batch_bytes and batch:
                 break  # the first always fits: options validation guarantees it
             batch.append(queue.popleft())

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from analytics_sdk._logging import RateLimitedLog, logger
+from analytics_sdk._serialization import expand
 from analytics_sdk.errors import AnalyticsError, Reason
 from analytics_sdk.options import ErrorCallback
 
@@ -77,7 +78,7 @@ class Reporter:
         assert self._on_error is not None
         self._local.active = True
         try:
-            decoded = [json.loads(m) if isinstance(m, bytes) else m for m in messages]
+            decoded = [json.loads(expand(m)) if isinstance(m, bytes) else m for m in messages]
             self._on_error(error, decoded)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -12,11 +13,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import backoff
 import requests
 
 from analytics_sdk._logging import logger, register_secret
-from analytics_sdk._serialization import now_iso
+from analytics_sdk._serialization import DEFAULT_TAIL, now_iso
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, Reason
 from analytics_sdk.options import ClientOptions
@@ -27,6 +27,7 @@ BACKOFF_BASE = 0.5  # seconds before the first retry, before jitter
 BACKOFF_CAP = 60.0  # seconds: the longest backoff step
 MAX_RETRY_AFTER = 300.0  # seconds: a longer server hint is capped, not obeyed blindly
 _GZIP_LEVEL = 1  # JSON batches shrink ~50x even at level 1, at a quarter of level 6's CPU
+_BRACE = ord("}")
 _BODY_SNIPPET = 200  # characters of a rejection's response text kept in the error
 _HINTS = {
     401: " (is the write key right for this data plane?)",
@@ -94,6 +95,12 @@ class Transport:
         self._prepared = session.prepare_request(
             requests.Request("POST", self._url, headers=headers)
         )
+        if self._own_session:
+            # Our session has no hooks and needs no cookie jar: its adapter sends directly
+            # (Session.send's cookie bookkeeping is a fifth of a batch's CPU). A caller's
+            # session keeps Session.send, hooks and all.
+            self._adapter_send: Any = session.get_adapter(self._url).send
+            del self._send_options["allow_redirects"]  # adapters never follow redirects
         self.retries = 0  # attempts after the first, for stats(); written by one thread
 
     def __repr__(self) -> str:
@@ -111,7 +118,7 @@ class Transport:
                 `rejected_4xx` with the status (400/413 included: the caller splits), or
                 `shutdown` when shutdown's budget ran out during a backoff wait.
         """
-        waits = _backoff_waits()
+        waits: Iterator[float] | None = None  # made at the first failure
         attempt = 0
         while True:
             attempt += 1
@@ -148,6 +155,8 @@ class Transport:
                     status=status,
                     count=len(messages),
                 )
+            if waits is None:
+                waits = _backoff_waits()
             delay = next(waits)
             if hint is not None:
                 delay = min(max(delay, hint), MAX_RETRY_AFTER)
@@ -183,19 +192,25 @@ class Transport:
         request = self._prepared.copy()
         request.body = body
         request.headers["Content-Length"] = str(len(body))
-        response: requests.Response = self._session.send(request, **self._send_options)
+        if self._own_session:
+            response: requests.Response = self._adapter_send(request, **self._send_options)
+            response.content  # noqa: B018 - read it all: that returns the connection to the pool
+        else:
+            response = self._session.send(request, **self._send_options)
         return response
 
 
 def build_body(messages: Sequence[bytes], sent_at: bytes) -> bytes:
     """`{"batch":[...],"sentAt":...}` with `sentAt` also inside each message.
 
-    Each message is a serialized JSON object; `sentAt` goes in before its closing brace, so
-    the queued bytes are never parsed again. The size is exactly what the consumer budgets:
-    sum(len(m) + MESSAGE_OVERHEAD_BYTES) - 1 + ENVELOPE_BYTES.
+    Each message is serialized JSON as queued: a whole object, or a compact one that lacks
+    DEFAULT_TAIL (see _serialization.compact). `sentAt` goes in before the closing brace,
+    so the queued bytes are never parsed again. The size is exactly what the consumer
+    budgets: sum(wire_size(m) + MESSAGE_OVERHEAD_BYTES) - 1 + ENVELOPE_BYTES.
     """
     field = b',"sentAt":"' + sent_at + b'"}'
-    joined = b",".join([m[:-1] + field for m in messages])
+    with_tail = DEFAULT_TAIL[:-1] + field
+    joined = b",".join([m[:-1] + field if m[-1] == _BRACE else m + with_tail for m in messages])
     return b"".join((b'{"batch":[', joined, b'],"sentAt":"', sent_at, b'"}'))
 
 
@@ -233,10 +248,36 @@ def _proxy_passwords(proxies: dict[str, str] | None) -> list[str]:
 
 
 def _backoff_waits() -> Iterator[float]:
-    """Exponential steps from 0.5 s to a 60 s cap, each with full jitter (backoff's own)."""
+    """Exponential steps from 0.5 s to a 60 s cap, each with full jitter (backoff's own).
+
+    `backoff` is imported on the first retry only: it imports asyncio, which costs ~10 MB
+    and ~30 ms that a healthy data plane never needs.
+    """
+    backoff = _load_backoff()
     steps = backoff.expo(base=2, factor=BACKOFF_BASE, max_value=BACKOFF_CAP)
     next(steps)  # backoff's generators are primed with one send(None) before use
     for step in steps:
         yield backoff.full_jitter(step)
+
+
+# The delivery thread imports backoff lazily; a fork in the middle of that import would
+# hand the child a half-initialized module. Fork takes this lock first, so it waits for
+# the import to finish (the pattern of the at-fork "before" hooks in the stdlib).
+_import_lock = threading.Lock()
+
+
+def _load_backoff() -> Any:
+    with _import_lock:
+        import backoff
+
+    return backoff
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_import_lock.acquire,
+        after_in_parent=_import_lock.release,
+        after_in_child=_import_lock.release,  # held by the forking thread: ours to release
+    )
 
 

@@ -18,8 +18,17 @@ from typing import TYPE_CHECKING, Any
 from analytics_sdk._consumer import Consumer
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._outcomes import Reporter
-from analytics_sdk._serialization import clean, dumps, format_time, now_iso, reseed_ids, uuid4
-from analytics_sdk._version import __version__
+from analytics_sdk._serialization import (
+    ALL_INTEGRATIONS,
+    LIBRARY,
+    LIBRARY_CONTEXT,
+    clean,
+    dumps,
+    format_time,
+    now_iso,
+    reseed_ids,
+    uuid4,
+)
 from analytics_sdk.errors import (
     AnalyticsError,
     ConfigurationError,
@@ -45,7 +54,6 @@ __all__ = ["Client", "Stats"]
 JsonDict = dict[str, Any]
 Timestamp = datetime | date | str
 
-LIBRARY = {"name": "analytics-sdk-python", "version": __version__}
 _SENT_AT_BYTES = MESSAGE_OVERHEAD_BYTES - 1  # ,"sentAt":"..." added to each message on upload
 
 
@@ -419,7 +427,7 @@ class Client:
     def _object(self, value: Mapping[str, Any] | None, field: str) -> JsonDict:
         if value is None:
             return {}
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # dict: the fast way
             raise _invalid(field, f"must be a dict (got {type(value).__name__})")
         cleaned: JsonDict = clean(value, field)
         return cleaned
@@ -458,12 +466,6 @@ class Client:
             message["userId"] = uid
         if aid is not None:
             message["anonymousId"] = aid
-        message["context"] = self._context(context, message, remembered_traits)
-        if integrations is None:
-            message["integrations"] = {"All": True}
-        else:
-            message["integrations"] = self._object(integrations, "integrations")
-        message["channel"] = "server"
         if message_id is None:
             message_id = uuid4()
         else:
@@ -474,6 +476,14 @@ class Client:
         message["originalTimestamp"] = now_iso()
         if timestamp is not None:
             message["timestamp"] = _time(timestamp)
+        # Last, in this order: when they are the defaults, the queue stores the message
+        # without them and the upload puts them back (see DEFAULT_TAIL).
+        message["context"] = self._context(context, message, remembered_traits)
+        if integrations is None:
+            message["integrations"] = ALL_INTEGRATIONS  # shared: only ever serialized
+        else:
+            message["integrations"] = self._object(integrations, "integrations")
+        message["channel"] = "server"
         if self._middleware:
             kept = self._run_middleware(message)
             if kept is None:
@@ -511,6 +521,13 @@ class Client:
         message: JsonDict,
         remembered_traits: JsonDict | None,
     ) -> JsonDict:
+        if (
+            context is None
+            and not self._base_context
+            and remembered_traits is None
+            and message["type"] != "identify"
+        ):
+            return LIBRARY_CONTEXT  # shared: middleware gets a copy, to_json only reads
         merged: JsonDict = dict(self._base_context) if self._base_context else {}
         if context is not None:
             merged.update(self._object(context, "context"))

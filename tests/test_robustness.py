@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import requests
@@ -300,3 +301,63 @@ def test_the_exit_flush_shares_one_budget_across_clients() -> None:
     assert result.returncode == 0, result.stderr
     assert elapsed < 4.0  # one budget (1 s) plus start-up, not four
     assert result.stderr.count("dropped 1 message(s)") == 4  # each loss is still reported
+
+
+# -- the compact queue form ----------------------------------------------------------------
+
+
+def test_default_fields_are_stored_compact_and_restored_on_the_wire() -> None:
+    from analytics_sdk._serialization import (
+        ALL_INTEGRATIONS,
+        DEFAULT_TAIL,
+        LIBRARY_CONTEXT,
+        compact,
+        dumps,
+        expand,
+        wire_size,
+    )
+
+    defaults = {"context": LIBRARY_CONTEXT, "integrations": ALL_INTEGRATIONS, "channel": "server"}
+    full = dumps({"type": "track", "messageId": "m1", "originalTimestamp": "t", **defaults})
+    stored = compact(full)
+    assert len(stored) == len(full) - len(DEFAULT_TAIL)
+    assert expand(stored) == full
+    assert wire_size(stored) == len(full)
+    # A middleware may reorder fields: a tail after a non-string value is never cut.
+    after_a_number = dumps({"type": "track", "n": 1, **defaults})
+    assert compact(after_a_number) == after_a_number
+    assert expand(after_a_number) == after_a_number
+
+
+def test_compact_and_full_messages_arrive_identical(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    client = make_client(flush_interval=60)
+    client.track("u1", "Plain")  # compact in the queue
+    client.track("u1", "Custom", context={"ip": "10.0.0.1"}, integrations={"All": False})
+    client.identify("u1", {"plan": "pro"})  # context.traits: full in the queue
+    assert client.flush(timeout=5)
+    plain, custom, identify = data_plane.events
+    assert plain["context"] == {"library": {"name": "analytics-sdk-python", "version": ANY}}
+    assert plain["integrations"] == {"All": True}
+    assert plain["channel"] == "server"
+    assert custom["context"]["ip"] == "10.0.0.1"
+    assert custom["integrations"] == {"All": False}
+    assert identify["context"]["traits"] == {"plan": "pro"}
+    assert all(
+        event["sentAt"] == data_plane.requests[0].json["sentAt"] for event in (plain, custom)
+    )
+
+
+def test_on_error_gets_whole_messages_from_the_compact_queue(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    data_plane.respond = lambda request: Reply(status=422)
+    got: list[dict[str, Any]] = []
+    client = make_client(on_error=lambda error, messages: got.extend(messages))
+    client.track("u1", "Refused")
+    assert client.flush(timeout=5)
+    (message,) = got
+    assert message["channel"] == "server"
+    assert message["integrations"] == {"All": True}
+    assert "library" in message["context"]
