@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from analytics_sdk._logging import logger
 from analytics_sdk._outcomes import Reporter
-from analytics_sdk._serialization import compact, wire_size
+from analytics_sdk._serialization import DEFAULT_TAIL, compact, wire_size
 from analytics_sdk.errors import DeliveryError, Reason
 from analytics_sdk.options import ENVELOPE_BYTES, MESSAGE_OVERHEAD_BYTES, ClientOptions
 
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from analytics_sdk._transport import Transport
 
 TransportFactory = Callable[[ClientOptions, threading.Event], "Transport"]
-_SPLIT_STATUSES = frozenset({400, 413})  # a smaller batch may pass: bisect, don't give up
+_SPLIT_STATUSES = frozenset({400, 413})
+_BRACE = ord("}")  # a smaller batch may pass: bisect, don't give up
 
 
 def _default_transport(options: ClientOptions, stop: threading.Event) -> Transport:
@@ -358,15 +359,20 @@ class Consumer:
                 self._work.wait()
 
     def _take_locked(self) -> list[bytes]:
-        """Up to flush_at messages whose request body stays within max_batch_bytes."""
-        queue, size = self._queue, 0
-        batch: list[bytes] = []
-        while queue and len(batch) < self._flush_at:
-            item = wire_size(queue[0]) + MESSAGE_OVERHEAD_BYTES
-            if size + item > self._batch_bytes and batch:
-                break  # the first always fits: options validation guarantees it
-            batch.append(queue.popleft())
-            size += item
+        """Up to flush_at messages whose request body stays within max_batch_bytes.
+
+        Takes flush_at at once and gives back from the end if the bytes overshoot: the lock
+        is held for one pass in C, not a Python loop per message (put() waits on it).
+        """
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(len(queue), self._flush_at))]
+        full = sum(1 for m in batch if m[-1] == _BRACE)  # the others are compact (no tail)
+        size = sum(map(len, batch)) + len(batch) * MESSAGE_OVERHEAD_BYTES
+        size += (len(batch) - full) * len(DEFAULT_TAIL)
+        while size > self._batch_bytes and len(batch) > 1:  # the first always fits
+            last = batch.pop()
+            queue.appendleft(last)
+            size -= wire_size(last) + MESSAGE_OVERHEAD_BYTES
         self._queued_bytes -= size
         if queue:
             self._oldest = time.monotonic()
