@@ -77,11 +77,12 @@ class Consumer:
         self._on_fork = on_fork  # the client's whole reset, when a fork is noticed here
         # A producer in a tight loop holds the GIL for whole switch intervals (5 ms) and
         # starves this thread, which needs the GIL back after every socket and zlib call.
-        # Once two batches wait, put() yields the GIL every quarter batch: the delivery
-        # thread keeps up, the backlog (and memory) stays small. Measured on the benchmark:
-        # 61k events/s end to end instead of 46-54k, and a 40 MiB peak instead of 62 MiB.
-        self._yield_at = 2 * options.flush_at
-        self._yield_every = max(1, options.flush_at // 4)
+        # Once ten batches wait, put() yields the GIL once per batch. Ten, not two: earlier
+        # yielding kept memory lower still but cost the caller ~40% more per call in the
+        # benchmark (benchmarks/README.md), and an app that tracks now and then never
+        # gets here at all.
+        self._yield_at = 10 * options.flush_at
+        self._yield_every = options.flush_at
         self._flush_at = options.flush_at
         self._max_queue_size = options.max_queue_size
         self._max_queue_bytes = options.max_queue_bytes
