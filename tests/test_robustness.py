@@ -4,10 +4,6 @@ forks the hook never saw, internal errors, odd timeouts. Each test pins a bug fo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,23 +14,10 @@ from unittest.mock import ANY
 import pytest
 import requests
 from conftest import MakeClient
+from support.processes import run_script
 from support.servers import DataPlane, Reply
 
 from analytics_sdk import AnalyticsError, Client, ConfigurationError, InvalidMessageError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(source), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
 
 
 def invariant_holds(client: Client) -> bool:

@@ -9,24 +9,15 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from support.processes import ROOT
+from support.processes import run_script as run_support_script
 from support.servers import DataPlane, Reply
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def run_script(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", "-c", textwrap.dedent(source), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+def run_script(source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_support_script(source, *args, strict_warnings=True)
 
 
 def test_events_tracked_without_flush_are_delivered_at_exit(data_plane: DataPlane) -> None:
