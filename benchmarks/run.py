@@ -608,6 +608,7 @@ class Plan:
     rounds: int
     calls: int
     import_runs: int
+    repeat: int = 3
 
     @property
     def queue_size(self) -> int:
@@ -622,7 +623,36 @@ class Plan:
         return 2 * self.flush_timeout + 120.0
 
 
-def measure_sdk(sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None]) -> JsonDict:
+# The headline number of each repeated measurement: the median repetition is reported.
+MEDIAN_OF = {
+    "cost": "median_us",
+    "cost_nosend": "median_us",
+    "burst": "events_per_s",
+    "defaults": "dropped",
+}
+
+
+def median_repetition(repetitions: list[JsonDict]) -> JsonDict:
+    """One result per metric: the repetition whose headline number is the median.
+
+    The SDKs are measured in turn, several times over, so that a slow spell of the
+    (shared) machine falls on all of them alike rather than on whoever ran during it.
+    """
+    merged: JsonDict = dict(repetitions[0])
+    for metric, key in MEDIAN_OF.items():
+        runs = [
+            r[metric] for r in repetitions if isinstance(r.get(metric, {}).get(key), (int, float))
+        ]
+        if runs:
+            runs.sort(key=lambda run: float(run[key]))
+            merged[metric] = runs[(len(runs) - 1) // 2]
+    merged["repetitions"] = repetitions
+    return merged
+
+
+def measure_sdk(
+    sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None], with_import: bool = True
+) -> JsonDict:
     """Every metric for one SDK, each mode in a fresh child process."""
     base = {
         "sdk": sdk,
@@ -671,8 +701,9 @@ def measure_sdk(sdk: str, plan: Plan, sink: Sink, log: Callable[[str], None]) ->
         defaults["dropped"] = plan.events - stats["unique"]
     out["defaults"] = defaults
 
-    log(f"{sdk}: import + construct, {plan.import_runs} fresh interpreters")
-    out["import"] = measure_import(sdk, plan.import_runs, sink.url)
+    if with_import:
+        log(f"{sdk}: import + construct, {plan.import_runs} fresh interpreters")
+        out["import"] = measure_import(sdk, plan.import_runs, sink.url)
     return out
 
 
@@ -910,6 +941,11 @@ def parse_args(argv: Sequence[str]) -> tuple[Plan, bool, bool]:
     parser.add_argument("--calls", type=int, help="track() calls per round (default 5000)")
     parser.add_argument("--import-runs", type=int, help="fresh interpreters per SDK (default 7)")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        help="interleaved repetitions of every measurement; the median is reported (default 3)",
+    )
+    parser.add_argument(
         "--sdk", default=",".join(SDKS), help="comma-separated subset of: ours,segment,rudder"
     )
     parser.add_argument(
@@ -935,9 +971,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Plan, bool, bool]:
         rounds=args.rounds or (5 if quick else 20),
         calls=args.calls or (2_000 if quick else 5_000),
         import_runs=args.import_runs or (3 if quick else 7),
+        repeat=args.repeat or (1 if quick else 3),
     )
-    if min(plan.events, plan.rounds, plan.calls, plan.import_runs) < 1:
-        parser.error("--events, --rounds, --calls and --import-runs must be positive")
+    if min(plan.events, plan.rounds, plan.calls, plan.import_runs, plan.repeat) < 1:
+        parser.error("--events, --rounds, --calls, --import-runs and --repeat must be positive")
     return plan, bool(args.reinstall), not args.no_save
 
 
@@ -954,8 +991,13 @@ def main(argv: Sequence[str]) -> int:
     results: dict[str, JsonDict] = {}
     try:
         log(f"sink at {sink.url}")
-        for sdk in plan.sdks:
-            results[sdk] = measure_sdk(sdk, plan, sink, log)
+        repetitions: dict[str, list[JsonDict]] = {sdk: [] for sdk in plan.sdks}
+        for repetition in range(plan.repeat):
+            log(f"repetition {repetition + 1} of {plan.repeat}")
+            for sdk in plan.sdks:  # interleaved: drift of the machine hits every SDK alike
+                first = repetition == 0
+                repetitions[sdk].append(measure_sdk(sdk, plan, sink, log, with_import=first))
+        results = {sdk: median_repetition(runs) for sdk, runs in repetitions.items()}
     finally:
         sink.stop()
     ratios = compute_ratios(results, plan)
@@ -973,6 +1015,7 @@ def main(argv: Sequence[str]) -> int:
             "rounds": plan.rounds,
             "calls": plan.calls,
             "import_runs": plan.import_runs,
+            "repeat": plan.repeat,
             "queue_size_tuned": plan.queue_size,
         },
         "environment": {**env, "cpu_count": os.cpu_count(), **_git_state()},
