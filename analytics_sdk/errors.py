@@ -43,6 +43,7 @@ class Reason:
     REJECTED_4XX = "rejected_4xx"  # the data plane refused it (400, 401, 403, 404, 422...)
     REQUEST_ERROR = "request_error"  # no request could be made (malformed URL, proxy scheme)
     INTERNAL_ERROR = "internal_error"  # a bug of ours, caught so delivery goes on
+    REJECTED_BY_INTEGRATION = "rejected_by_integration"  # a device-mode wrapper refused it
 
 
 class AnalyticsError(Exception):

@@ -130,11 +130,21 @@ class Integration(Generic[OptionsT]):
         {"identify", "track", "page", "screen", "group", "alias"}
     )
 
-    def __init__(self, options: OptionsT, context: IntegrationContext) -> None:
-        """Keep the options; no I/O here (the factory may build and drop instances)."""
+    def __init__(self, options: OptionsT, context: IntegrationContext | None = None) -> None:
+        """Keep the options; no I/O here (the factory may build and drop instances).
+
+        An in-code integration (`Client(integrations=[...])`) is built without a context;
+        the factory binds one before `setup()`.
+        """
         self.options = options
         self.context = context
-        self.logger = context.logger
+
+    @property
+    def logger(self) -> logging.Logger:
+        """`analytics_sdk.integrations.<key>`: log through it, never print."""
+        if self.context is not None:
+            return self.context.logger
+        return logging.getLogger(f"analytics_sdk.integrations.{self.key}")
 
     def setup(self) -> None:
         """Create the destination client. Raise `IntegrationUnavailableError` to opt out."""

@@ -1,0 +1,632 @@
+"""Device mode: discovers wrappers, enables them from the source config, routes and isolates.
+
+Threads: one router (`analytics_sdk.integrations`) parses each accepted message once and
+routes it; every active integration has its own worker (`analytics_sdk.integration.<key>`)
+with a bounded queue, so a slow or failing destination never touches the caller, cloud
+delivery or another integration (DESIGN 6, rules 6-8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from analytics_sdk._logging import logger
+from analytics_sdk._serialization import expand
+from analytics_sdk._version import __version__
+from analytics_sdk.errors import DeliveryError, IntegrationUnavailableError, Reason, describe
+from analytics_sdk.integration import (
+    Integration,
+    IntegrationContext,
+    IntegrationOptions,
+    Rejected,
+    RejectedMessage,
+)
+from analytics_sdk.models import Message, TrackMessage, parse_message
+
+ENTRY_POINT_GROUP = "analytics_sdk.integrations"
+PRE_CONFIG_BUFFER = 1000  # messages kept for device mode until the first config arrives
+WORKER_QUEUE = 10_000  # messages waiting per integration before new ones are dropped
+STOP_TIMEOUT = 5.0  # seconds a disabled or reconfigured integration gets to stop
+_STOP, _FLUSH, _RESET = "stop", "flush", "reset"
+
+
+def install_hint(key: str) -> str:
+    return f"pip install 'analytics-sdk[{key}]'"
+
+
+@dataclass
+class Discovered:
+    """One entry point of the group: loadable or not, and why."""
+
+    key: str
+    cls: type[Integration[Any]] | None = None
+    hint: str | None = None  # the pip line when its destination SDK is missing
+    error: str | None = None  # a broken wrapper: what went wrong (the traceback is logged)
+
+    @property
+    def installed(self) -> bool:
+        return self.cls is not None
+
+
+def discover() -> dict[str, Discovered]:
+    """Every wrapper registered in the entry-point group, loaded (this imports them)."""
+    found: dict[str, Discovered] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        entry = Discovered(ep.name)
+        found[ep.name] = entry
+        try:
+            cls = ep.load()  # a wrapper whose SDK is missing raises at import
+        except (IntegrationUnavailableError, ImportError) as exc:
+            entry.hint = install_hint(ep.name)
+            logger.debug("integration %r is not installed: %s", ep.name, exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a broken wrapper must not break the others
+            entry.error = f"failed to import: {type(exc).__name__}: {exc}"
+            logger.exception("integration %r failed to import; it is skipped", ep.name)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Integration)):
+            entry.error = "the entry point does not name an Integration subclass"
+        elif getattr(cls, "key", None) != ep.name:
+            entry.error = f"its key {getattr(cls, 'key', None)!r} differs from the entry point"
+        else:
+            entry.cls = cls
+        if entry.error:
+            logger.warning("integration %r is skipped: %s", ep.name, entry.error)
+    return found
+
+
+@dataclass
+class Counters:
+    handled: int = 0
+    failed: int = 0
+    rejected: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "handled": self.handled,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "dropped": self.dropped,
+        }
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a destination's config says about which messages an integration gets."""
+
+    allow: frozenset[str] | None = None  # track event names; None: all
+    deny: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Route:
+        option = config.get("eventFilteringOption")
+        if option == "whitelistedEvents":
+            return cls(allow=_event_names(config.get("whitelistedEvents")))
+        if option == "blacklistedEvents":
+            return cls(deny=_event_names(config.get("blacklistedEvents")))
+        return cls()
+
+    def takes(self, message: Message) -> bool:
+        if not isinstance(message, TrackMessage):
+            return True  # event filtering applies to track calls only (DESIGN 6, rule 6)
+        name = message.event.strip()
+        if self.allow is not None and name not in self.allow:
+            return False
+        return name not in self.deny
+
+
+def _event_names(entries: Any) -> frozenset[str]:
+    names: set[str] = set()
+    for entry in entries or ():
+        name = entry.get("eventName") if isinstance(entry, Mapping) else entry
+        if isinstance(name, str) and name.strip():
+            names.add(name.strip())
+    return frozenset(names)
+
+
+class Worker:
+    """One active integration: its own thread and bounded queue, and its counters.
+
+    Every call into the wrapper happens on this thread, one at a time; whatever the wrapper
+    raises is caught here, counted, and logged once with a traceback (repeats at DEBUG).
+    """
+
+    def __init__(
+        self,
+        integration: Integration[Any],
+        route: Route,
+        report_rejected: Callable[[str, list[tuple[Message, str]]], None],
+        *,
+        config_key: str | None = None,
+        max_queue: int = WORKER_QUEUE,
+    ) -> None:
+        self.integration = integration
+        self.key = integration.key
+        self.route = route
+        self.config_key = config_key  # the destination config it was built from, if any
+        self.counters = Counters()
+        self._report_rejected = report_rejected
+        self._max_queue = max_queue
+        self._types = integration.supported_types
+        self._batch = max(1, integration.batch_size)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[Message | tuple[str, threading.Event, float]] = deque()
+        self._busy = False
+        self._failures_logged = 0
+        self._thread: threading.Thread | None = None
+        self.setup_error: str | None = None
+
+    def start(self, setup: bool = True) -> None:
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(setup,),
+            name=f"analytics_sdk.integration.{self.key}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def wants(self, message: Message, enabled: bool) -> bool:
+        return enabled and message.type in self._types and self.route.takes(message)
+
+    def put(self, message: Message) -> None:
+        with self._lock:
+            if len(self._queue) >= self._max_queue:
+                self.counters.dropped += 1
+                return
+            self._queue.append(message)
+            self._wake.notify()
+
+    def request(self, what: str, deadline: float | None) -> threading.Event:
+        """Queue a flush/reset/stop for the worker thread; the Event is set when done."""
+        done = threading.Event()
+        with self._lock:
+            self._queue.append((what, done, deadline or 0.0))
+            self._wake.notify()
+        return done
+
+    def _run(self, setup: bool) -> None:
+        if setup and not self._call("setup", self.integration.setup):
+            return
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait()
+                head = self._queue.popleft()
+                batch: list[Message] = []
+                if isinstance(head, Message):
+                    batch.append(head)
+                    while self._queue and len(batch) < self._batch:
+                        if not isinstance(self._queue[0], Message):
+                            break
+                        item = self._queue.popleft()
+                        assert isinstance(item, Message)
+                        batch.append(item)
+            if batch:
+                self._deliver(batch)
+                continue
+            assert not isinstance(head, Message)
+            what, done, deadline = head
+            budget = max(0.0, deadline - time.monotonic()) if deadline else 5.0
+            if what == _FLUSH:
+                self._call("flush", partial(self.integration.flush, budget))
+            elif what == _RESET:
+                self._call("reset", self.integration.reset)
+            elif what == _STOP:
+                self._call("shutdown", partial(self.integration.shutdown, budget))
+            done.set()
+            if what == _STOP:
+                return
+
+    def _deliver(self, batch: list[Message]) -> None:
+        rejected: list[tuple[Message, str]] = []
+        if self._batch > 1:
+            result = self._call("handle_batch", lambda: self.integration.handle_batch(batch))
+            if isinstance(result, list):
+                by_id = {m.message_id: m for m in batch}
+                rejected = [
+                    (by_id[r.message_id], r.reason)
+                    for r in result
+                    if isinstance(r, Rejected) and r.message_id in by_id
+                ]
+                self.counters.handled += len(batch) - len(rejected)
+            else:
+                self.counters.failed += len(batch)
+        else:
+            message = batch[0]
+            try:
+                self.integration.handle(message)
+                self.counters.handled += 1
+            except RejectedMessage as exc:
+                rejected.append((message, exc.reason))
+            except Exception:  # noqa: BLE001 - isolation boundary: a wrapper's bug stays here
+                self.counters.failed += 1
+                self._log_failure(f"{message.type} call")
+        if rejected:
+            self.counters.rejected += len(rejected)
+            self._report_rejected(self.key, rejected)
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            result = call()
+        except RejectedMessage as exc:
+            logger.debug("integration %r rejected a %s: %s", self.key, what, exc.reason)
+            return None
+        except Exception as exc:  # noqa: BLE001 - isolation boundary: a wrapper's bug stays here
+            if what == "setup":
+                self.setup_error = f"setup failed: {type(exc).__name__}: {exc}"
+                logger.error(
+                    "integration %r could not start (%s); it stays off\n%s",
+                    self.key,
+                    self.setup_error,
+                    traceback.format_exc(),
+                )
+                return False
+            if what == "handle_batch":
+                self._log_failure("batch")
+                return None
+            self._log_failure(what)
+            return None
+        return True if result is None else result
+
+    def _log_failure(self, what: str) -> None:
+        self._failures_logged += 1
+        if self._failures_logged == 1:
+            logger.exception(
+                "integration %r failed on a %s (repeats are logged at DEBUG)", self.key, what
+            )
+        else:
+            logger.debug(
+                "integration %r failed again on a %s (%d)", self.key, what, self._failures_logged
+            )
+
+
+@dataclass
+class StatusEntry:
+    key: str
+    display_name: str | None = None
+    installed: bool = True
+    hint: str | None = None
+    enabled_by_config: bool = False
+    active: bool = False
+    options_error: str | None = None
+    counters: dict[str, int] = field(default_factory=lambda: Counters().as_dict())
+
+
+class Factory:
+    """Turns source configs into running workers, and accepted messages into their input.
+
+    `dispatch()` is the only call on the caller's thread: it appends the serialized
+    message to an inbox (bounded by the pre-config buffer before the first config, by the
+    workers' queues after it). The router thread parses and routes.
+    """
+
+    def __init__(
+        self,
+        anonymous_id: Callable[[], str],
+        report: Callable[[DeliveryError, list[dict[str, Any]]], None],
+        custom: Sequence[Integration[Any]] = (),
+        discover_entry_points: Callable[[], dict[str, Discovered]] = discover,
+    ) -> None:
+        self._anonymous_id = anonymous_id
+        self._report = report
+        self._discover = discover_entry_points
+        self._lock = threading.Lock()
+        self._inbox_ready = threading.Condition(self._lock)  # the router waits here
+        self._routed = threading.Condition(self._lock)  # flush/shutdown wait here
+        self._routing = False  # the router holds a taken batch not yet handed out
+        self._inbox: deque[bytes] = deque()
+        self._buffer: deque[bytes] = deque(maxlen=PRE_CONFIG_BUFFER)
+        self.buffer_dropped = 0
+        self._configured = False  # a config arrived (or there is no control plane at all)
+        self._discovered: dict[str, Discovered] | None = None
+        self._workers: dict[str, Worker] = {}  # by integration key
+        self._status: dict[str, StatusEntry] = {}
+        self._router: threading.Thread | None = None
+        self._closed = False
+        for integration in custom:
+            if integration.context is None:
+                integration.context = self._context(integration.key, None)
+            worker = Worker(integration, Route(), self._rejected)
+            self._workers[integration.key] = worker
+            self._status[integration.key] = StatusEntry(
+                integration.key, integration.display_name, enabled_by_config=True, active=True
+            )
+
+    # -- the caller's thread -----------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """False when no message can reach any integration: dispatch() may be skipped."""
+        return bool(self._workers) or not self._configured
+
+    def dispatch(self, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if not self._configured:
+                if len(self._buffer) == PRE_CONFIG_BUFFER:
+                    self.buffer_dropped += 1  # the oldest goes: counted (DESIGN 6, rule 4)
+                self._buffer.append(data)
+                return
+            if not self._workers:
+                return
+            self._inbox.append(data)
+            if len(self._inbox) == 1:
+                self._inbox_ready.notify()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the custom integrations' workers and the router (custom setup ran already)."""
+        for worker in list(self._workers.values()):
+            worker.start(setup=False)
+        self._router = threading.Thread(
+            target=self._route_forever, name="analytics_sdk.integrations", daemon=True
+        )
+        self._router.start()
+
+    def setup_custom(self) -> None:
+        """Set up in-code integrations now: one that is unavailable raises at construction."""
+        for worker in self._workers.values():
+            worker.integration.setup()
+
+    def apply(self, config: Any) -> None:
+        """Start, stop or restart integrations for a new source config (device mode)."""
+        if self._discovered is None:
+            self._discovered = self._discover()
+        wanted: dict[str, tuple[type[Integration[Any]], Any, str]] = {}
+        status: dict[str, StatusEntry] = {
+            key: StatusEntry(
+                key,
+                entry.cls.display_name if entry.cls else None,
+                installed=entry.installed,
+                hint=entry.hint,
+                options_error=entry.error,
+            )
+            for key, entry in self._discovered.items()
+        }
+        for destination in config.source.destinations:
+            if not destination.device_mode:
+                continue
+            definition = destination.destination_definition
+            entry = self._match(definition.display_name, definition.name)
+            if entry is None:
+                key = definition.name.lower()
+                status.setdefault(key, StatusEntry(key, definition.display_name, installed=False))
+                status[key].enabled_by_config = True
+                logger.warning(
+                    "device mode is on for %r but no integration for it is installed",
+                    definition.display_name,
+                )
+                continue
+            key = entry.key
+            status[key].enabled_by_config = True
+            if entry.cls is None:
+                logger.warning(
+                    "device mode is on for %r but its integration is not installed: %s",
+                    definition.display_name,
+                    entry.hint or entry.error,
+                )
+                continue
+            try:
+                options = entry.cls.options_model.model_validate(destination.config)
+            except ValidationError as exc:
+                status[key].options_error = f"invalid options: {describe(exc)}"
+                logger.error("integration %r stays off: %s", key, status[key].options_error)
+                continue
+            wanted[key] = (entry.cls, options, _config_key(destination.config))
+        self._reconcile(wanted, config, status)
+
+    def _context(self, key: str, destination_id: str | None) -> IntegrationContext:
+        return IntegrationContext(
+            logger=logging.getLogger(f"analytics_sdk.integrations.{key}"),
+            anonymous_id=self._anonymous_id,
+            library_version=__version__,
+            destination_id=destination_id,
+        )
+
+    def _match(self, display_name: str, name: str) -> Discovered | None:
+        assert self._discovered is not None
+        for entry in self._discovered.values():
+            cls = entry.cls
+            if cls is not None and (
+                cls.display_name == display_name or name in cls.destination_names
+            ):
+                return entry
+        for entry in self._discovered.values():  # not installed: match by key as a fallback
+            if entry.cls is None and entry.key in (display_name.lower(), name.lower()):
+                return entry
+        return None
+
+    def _reconcile(
+        self,
+        wanted: dict[str, tuple[type[Integration[Any]], IntegrationOptions, str]],
+        config: Any,
+        status: dict[str, StatusEntry],
+    ) -> None:
+        routes = {d.destination_definition.display_name: d for d in config.source.destinations}
+        to_stop: list[Worker] = []
+        started: list[Worker] = []
+        with self._lock:
+            for key, worker in list(self._workers.items()):
+                if worker.config_key is None:
+                    continue  # in-code integrations are not the config's to stop
+                keep = key in wanted and wanted[key][2] == worker.config_key
+                if not keep:
+                    to_stop.append(self._workers.pop(key))
+            for key, (cls, options, config_key) in wanted.items():
+                if key in self._workers:
+                    continue
+                destination = routes.get(cls.display_name)
+                route = Route.from_config(destination.config if destination else {})
+                context = self._context(key, destination.id if destination else None)
+                worker = Worker(cls(options, context), route, self._rejected, config_key=config_key)
+                self._workers[key] = worker
+                started.append(worker)
+            for key, worker in self._workers.items():
+                entry = status.setdefault(key, StatusEntry(key, worker.integration.display_name))
+                entry.active = True
+                entry.enabled_by_config = entry.enabled_by_config or worker.config_key is None
+            self._status = status
+            first = not self._configured
+            self._configured = True
+            if first:
+                self._inbox.extend(self._buffer)  # replayed once, after the workers exist
+                self._buffer.clear()
+                self._inbox_ready.notify()
+        for worker in started:
+            worker.start()
+        # On the config thread, so waiting is fine; an overrunning wrapper is abandoned.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        stopping = [(worker, worker.request(_STOP, deadline)) for worker in to_stop]
+        for worker, done in stopping:
+            if done.wait(max(0.0, deadline - time.monotonic())):
+                logger.info(
+                    "integration %r stopped (disabled or changed in the config)", worker.key
+                )
+            else:
+                logger.warning("integration %r did not stop in time; abandoned", worker.key)
+
+    def without_config(self) -> None:
+        """No control plane and no source_config: only in-code integrations, from now on."""
+        with self._lock:
+            self._configured = True
+            self._inbox.extend(self._buffer)
+            self._buffer.clear()
+            self._inbox_ready.notify()
+
+    def no_config(self, reason: str) -> None:
+        """No config now or soon: device mode stays off; stop buffering for it."""
+        with self._lock:
+            first = not self._configured
+            self._configured = True
+            dropped = len(self._buffer)
+            self._buffer.clear()
+        if first:
+            logger.warning(
+                "device mode stays off: %s (%d buffered messages not replayed)", reason, dropped
+            )
+
+    def flush(self, deadline: float) -> bool:
+        """Ask every worker to drain and flush; wait until the deadline at most."""
+        return self._fan_out(_FLUSH, deadline)
+
+    def reset(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.request(_RESET, None)
+
+    def shutdown(self, deadline: float) -> bool:
+        """Flush and stop every worker within the deadline; overrunning ones are abandoned."""
+        with self._lock:
+            self._closed = True
+            self._inbox_ready.notify()
+        drained = self._wait_inbox(deadline)
+        return self._fan_out(_STOP, deadline) and drained
+
+    def _fan_out(self, what: str, deadline: float) -> bool:
+        self._wait_inbox(deadline)
+        with self._lock:
+            workers = list(self._workers.values())
+        done = [(worker, worker.request(what, deadline)) for worker in workers]
+        ok = True
+        for worker, event in done:
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                logger.warning(
+                    "integration %r did not finish its %s in time; abandoned", worker.key, what
+                )
+                ok = False
+        return ok
+
+    def _wait_inbox(self, deadline: float) -> bool:
+        """Wait until the router has handed everything in the inbox to the workers."""
+        with self._lock:
+            while self._inbox or self._routing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._routed.wait(remaining)
+            return True
+
+    # -- the router thread -------------------------------------------------------------------
+
+    def _route_forever(self) -> None:
+        while True:
+            with self._lock:
+                while not self._inbox and not self._closed:
+                    self._inbox_ready.wait()
+                if not self._inbox and self._closed:
+                    return
+                batch = list(self._inbox)
+                self._inbox.clear()
+                self._routing = True
+                workers = list(self._workers.values())
+            try:
+                for data in batch:
+                    self._route(data, workers)
+            except Exception:  # noqa: BLE001 - the router must survive anything
+                logger.exception("routing to integrations failed; continuing")
+            finally:
+                with self._lock:
+                    self._routing = False
+                    self._routed.notify_all()
+
+    def _route(self, data: bytes, workers: Iterable[Worker]) -> None:
+        try:
+            wire = json.loads(expand(data))
+            message = parse_message(wire)
+        except (ValueError, ValidationError):
+            logger.debug("a message could not be parsed for device mode; skipped")
+            return
+        switches = message.integrations
+        default = bool(switches.get("All", True))
+        for worker in workers:
+            value = switches.get(worker.integration.display_name, default)
+            if worker.wants(message, value is not False and bool(value)):
+                worker.put(message)
+
+    def _rejected(self, key: str, rejected: list[tuple[Message, str]]) -> None:
+        for message, reason in rejected:
+            error = DeliveryError(
+                f"integration {key!r} rejected the message: {reason}",
+                reason=Reason.REJECTED_BY_INTEGRATION,
+            )
+            self._report(error, [message.to_wire()])
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            entries = {key: StatusEntry(**vars(entry)) for key, entry in self._status.items()}
+            for key, worker in self._workers.items():
+                entry = entries.setdefault(key, StatusEntry(key, worker.integration.display_name))
+                entry.counters = worker.counters.as_dict()
+                entry.active = True
+                if worker.setup_error:
+                    entry.active = False
+                    entry.options_error = worker.setup_error
+        return [vars(entry) for entry in sorted(entries.values(), key=lambda e: e.key)]
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {key: worker.counters.as_dict() for key, worker in self._workers.items()}
+
+
+def _config_key(config: Mapping[str, Any]) -> str:
+    """A stable fingerprint of a destination's config: a change restarts the integration."""
+    return json.dumps(config, sort_keys=True, default=str)
