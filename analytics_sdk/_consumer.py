@@ -190,7 +190,7 @@ class Consumer:
         thread itself (an `on_error` callback), where waiting could never end.
         """
         self._check_fork()
-        deadline = _deadline(timeout)
+        deadline = deadline_for(timeout)
         if threading.current_thread() is self._thread or self._reporter.in_callback():
             return False  # waiting here would wait for ourselves
         with self._lock:
@@ -210,7 +210,7 @@ class Consumer:
         an `on_error` callback (the exit hook finishes the job then).
         """
         self.begin_shutdown()
-        return self.finish_shutdown(_deadline(timeout), at_exit=at_exit)
+        return self.finish_shutdown(deadline_for(timeout), at_exit=at_exit)
 
     def begin_shutdown(self) -> None:
         """Stop intake and send what is queued without waiting (the exit hook starts every
@@ -449,7 +449,7 @@ class Consumer:
             }
 
 
-def _deadline(timeout: float | None) -> float | None:
+def deadline_for(timeout: float | None) -> float | None:
     """A monotonic deadline for `timeout` seconds; None (no limit) for None or infinity."""
     if timeout is None:
         return None

@@ -319,7 +319,7 @@ class Factory:
         anonymous_id: Callable[[], str],
         report: Callable[[DeliveryError, list[dict[str, Any]]], None],
         custom: Sequence[Integration[Any]] = (),
-        discover_entry_points: Callable[[], dict[str, Discovered]] = discover,
+        discover_entry_points: Callable[[], dict[str, Discovered]] | None = None,
     ) -> None:
         self._anonymous_id = anonymous_id
         self._report = report
@@ -379,6 +379,22 @@ class Factory:
         )
         self._router.start()
 
+    def after_fork(self) -> None:
+        """In a forked child: no thread of ours exists and locks may be held. Keep the
+        in-code integrations, forget config-made workers: the child's config client
+        delivers the config again, and start() runs everything anew."""
+        self._lock = threading.Lock()
+        self._inbox_ready = threading.Condition(self._lock)
+        self._routed = threading.Condition(self._lock)
+        self._routing = False
+        self._inbox = deque()
+        self._buffer = deque(maxlen=PRE_CONFIG_BUFFER)
+        self._router = None
+        self._closed = False
+        custom = [w.integration for w in self._workers.values() if w.config_key is None]
+        self._workers = {i.key: Worker(i, Route(), self._rejected) for i in custom}
+        self._configured = False
+
     def setup_custom(self) -> None:
         """Set up in-code integrations now: one that is unavailable raises at construction."""
         for worker in self._workers.values():
@@ -387,7 +403,7 @@ class Factory:
     def apply(self, config: Any) -> None:
         """Start, stop or restart integrations for a new source config (device mode)."""
         if self._discovered is None:
-            self._discovered = self._discover()
+            self._discovered = (self._discover or discover)()  # discover: looked up now
         wanted: dict[str, tuple[type[Integration[Any]], Any, str]] = {}
         status: dict[str, StatusEntry] = {
             key: StatusEntry(

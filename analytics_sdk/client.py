@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from analytics_sdk._consumer import Consumer
+from analytics_sdk._consumer import Consumer, deadline_for
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._outcomes import Reporter
 from analytics_sdk._serialization import (
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self, Unpack
+
+    from analytics_sdk._device_mode import DeviceMode
 
 __all__ = ["Client", "Stats"]
 
@@ -123,6 +125,11 @@ class Client:
         except InvalidMessageError as exc:
             raise ConfigurationError(f"invalid client options: {exc}") from None
         self._middleware = opts.middleware
+        self._device: DeviceMode | None = None
+        if opts.integrations or opts.control_plane_url or opts.source_config is not None:
+            from analytics_sdk._device_mode import DeviceMode
+
+            self._device = DeviceMode(opts, self._reporter, self._identity_anonymous_id)
         _live_clients.add(self)
         _warn_if_duplicate(self)
 
@@ -327,9 +334,12 @@ class Client:
             True when every message accepted before the call was delivered or reported;
             False when `timeout` ran out first (delivery goes on in the background).
         """
-        if not self._options.send:
-            return True
-        return self._consumer.flush(timeout)
+        deadline = deadline_for(timeout)
+        cloud = True if not self._options.send else self._consumer.flush(timeout)
+        if self._device is not None:
+            far = time.monotonic() + DEFAULT_FLUSH_TIMEOUT  # integrations: bounded even if None
+            return self._device.flush(far if deadline is None else deadline) and cloud
+        return cloud
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush within `timeout` (default `shutdown_timeout`) and stop. Idempotent.
@@ -345,10 +355,13 @@ class Client:
     def _shutdown(self, timeout: float | None, *, at_exit: bool) -> bool:
         budget = self._options.shutdown_timeout if timeout is None else timeout
         self._closed = True
+        devices_done = True
+        if self._device is not None:
+            devices_done = self._device.shutdown(time.monotonic() + budget)
         if not self._options.send:
             _live_clients.discard(self)
-            return True
-        drained = self._consumer.shutdown(budget, at_exit=at_exit)
+            return devices_done
+        drained = self._consumer.shutdown(budget, at_exit=at_exit) and devices_done
         if self._consumer.finished():
             # Until then the exit hook keeps it: a shutdown() called from on_error returns
             # at once, and someone must still bound and report the rest.
@@ -379,8 +392,19 @@ class Client:
         self.shutdown()
 
     def reset(self) -> None:
-        """Forget the remembered user and traits and start a new anonymousId."""
+        """Forget the remembered user and traits and start a new anonymousId.
+
+        Device-mode integrations' `reset()` is called too.
+        """
         self._identity.reset()
+        if self._device is not None:
+            self._device.reset()
+
+    def integrations_status(self) -> list[dict[str, Any]]:
+        """Every discovered or configured integration: installed or not (with the pip line),
+        enabled by the source config, active, options error, counters (handled, failed,
+        rejected, dropped). Empty when device mode is off."""
+        return [] if self._device is None else self._device.status()
 
     def stats(self) -> Stats:
         """A snapshot of this client's counters (see `Stats`)."""
@@ -393,7 +417,7 @@ class Client:
             queued=counts["queued"],
             retried=counts["retried"],
             dropped=self._reporter.dropped(),
-            integrations={},
+            integrations={} if self._device is None else self._device.counters(),
         )
 
     # -- building messages -------------------------------------------------------------------
@@ -490,6 +514,12 @@ class Client:
                 return None
             message = kept
             message_id = str(message.get("messageId", message_id))
+        if self._device is not None and self._device.source_disabled:
+            error = DeliveryError(
+                "the source is disabled in its config", reason=Reason.SOURCE_DISABLED
+            )
+            self._reporter.report(error, [message], what=message["type"])
+            return None
         data = dumps(message)
         if len(data) + _SENT_AT_BYTES > opts.max_message_bytes:
             raise InvalidMessageError(
@@ -498,6 +528,8 @@ class Client:
                 field="message",
                 reason=Reason.TOO_LARGE,
             )
+        if self._device is not None:
+            self._device.dispatch(data)  # device mode sees what was accepted, cloud or not
         if not opts.send:
             with self._discarded_lock:
                 self._discarded += 1
@@ -589,7 +621,12 @@ class Client:
 
     # -- process lifecycle -------------------------------------------------------------------
 
+    def _identity_anonymous_id(self) -> str:
+        return self._identity.anonymous_id
+
     def _after_fork(self) -> None:
+        if self._device is not None:
+            self._device.after_fork()
         self._consumer.after_fork()
         self._reporter.after_fork()
         self._identity.after_fork()
@@ -608,6 +645,8 @@ class Client:
             self._consumer.begin_shutdown()
 
     def _finish_exit(self, deadline: float) -> None:
+        if self._device is not None:
+            self._device.shutdown(deadline)
         if self._options.send:
             self._consumer.finish_shutdown(deadline, at_exit=True)
         _live_clients.discard(self)

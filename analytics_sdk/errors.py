@@ -44,6 +44,7 @@ class Reason:
     REQUEST_ERROR = "request_error"  # no request could be made (malformed URL, proxy scheme)
     INTERNAL_ERROR = "internal_error"  # a bug of ours, caught so delivery goes on
     REJECTED_BY_INTEGRATION = "rejected_by_integration"  # a device-mode wrapper refused it
+    SOURCE_DISABLED = "source_disabled"  # the source config says the source is disabled
 
 
 class AnalyticsError(Exception):

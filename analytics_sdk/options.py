@@ -66,9 +66,6 @@ _ENV_DISABLED = "ANALYTICS_SDK_DISABLED"
 # Options the contract names whose machinery lands in later issues. Accepting them and doing
 # nothing would lose events or secrets silently, so they fail clearly until then.
 _NOT_YET = {
-    "control_plane_url": "device mode (the integration factory) is not in this version yet",
-    "source_config": "device mode (the integration factory) is not in this version yet",
-    "integrations": "device-mode integrations are not in this version yet",
     "storage_path": "the durable SQLite queue is not in this version yet",
 }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import traceback
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -302,13 +301,9 @@ def test_send_false_needs_no_write_key_or_url() -> None:
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"control_plane_url": "https://api.example.com"}, "control_plane_url"),
-        ({"source_config": {"source": {"id": "src", "destinations": []}}}, "source_config"),
-        ({"source_config": Path("sourceConfig.json")}, "source_config"),
-        ({"integrations": [object()]}, "integrations"),
         ({"storage_path": "/tmp/analytics-queue.sqlite"}, "storage_path"),
     ],
-    ids=["control-plane", "source-config", "source-config-file", "integrations", "storage"],
+    ids=["storage"],
 )
 def test_options_not_implemented_yet_say_so(options: dict[str, Any], field: str) -> None:
     message = configuration_error("wk_test", URL, **options)
@@ -317,15 +312,14 @@ def test_options_not_implemented_yet_say_so(options: dict[str, Any], field: str)
     assert "not in this version yet" in message
 
 
-def test_control_plane_url_from_the_environment_is_not_ignored_silently(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ANALYTICS_SDK_CONTROL_PLANE_URL", "https://api.example.com")
-
-    message = configuration_error("wk_test", URL)
-
-    assert "control_plane_url" in message
-    assert "not in this version yet" in message
+def test_the_control_plane_url_comes_from_the_environment_under_explicit_arguments() -> None:
+    environ = {"ANALYTICS_SDK_CONTROL_PLANE_URL": "https://cp.example.com/"}
+    from_env = ClientOptions.build("wk_test", URL, {}, environ=environ)
+    explicit = ClientOptions.build(
+        "wk_test", URL, {"control_plane_url": "https://mine.example.com"}, environ=environ
+    )
+    assert from_env.control_plane_url == "https://cp.example.com"
+    assert explicit.control_plane_url == "https://mine.example.com"
 
 
 # -- the options object ---------------------------------------------------------------------

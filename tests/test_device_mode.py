@@ -1,0 +1,162 @@
+"""Device mode end to end: a real control plane on 127.0.0.1 enables integrations in a Client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import MakeClient
+from pydantic import SecretStr
+from support.control_plane import ControlPlane, sample_document
+from support.servers import DataPlane
+
+from analytics_sdk._factory import Discovered, install_hint
+from analytics_sdk.integration import Integration, IntegrationOptions
+from analytics_sdk.models import Message
+
+
+class AmplitudeOptions(IntegrationOptions):
+    api_key: SecretStr
+
+
+class FakeAmplitude(Integration[AmplitudeOptions]):
+    """Stands in for the Amplitude wrapper (issue 4): records what device mode hands it."""
+
+    key = "amplitude"
+    display_name = "Amplitude"
+    destination_names = frozenset({"AM"})
+    options_model = AmplitudeOptions
+    instances: ClassVar[list[FakeAmplitude]] = []
+
+    def setup(self) -> None:
+        self.events: list[str] = []
+        self.stopped = False
+        self.lock = threading.Lock()
+        FakeAmplitude.instances.append(self)
+
+    def handle(self, message: Message) -> None:
+        with self.lock:
+            self.events.append(getattr(message, "event", message.type))
+
+    def shutdown(self, timeout: float) -> None:
+        self.stopped = True
+
+
+@pytest.fixture(autouse=True)
+def _installed_integrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if analytics-sdk[amplitude] were installed and mixpanel were not."""
+    FakeAmplitude.instances = []
+    found = {
+        "amplitude": Discovered("amplitude", FakeAmplitude),
+        "mixpanel": Discovered("mixpanel", hint=install_hint("mixpanel")),
+    }
+    monkeypatch.setattr("analytics_sdk._factory.discover", lambda: found)
+
+
+@pytest.fixture
+def control_plane() -> Iterator[ControlPlane]:
+    server = ControlPlane("wk_test_key", sample_document()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)  # polling a condition the test cannot be notified of
+    return bool(condition())
+
+
+def test_a_device_mode_destination_gets_events_and_the_data_plane_still_does(
+    make_client: MakeClient, data_plane: DataPlane, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    client = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path)
+    ids = [client.track("u1", f"E{n}") for n in range(3)]  # before the config arrives
+
+    assert wait_until(lambda: FakeAmplitude.instances)
+    assert client.flush(timeout=5)
+    (amplitude,) = FakeAmplitude.instances
+    assert wait_until(lambda: amplitude.events == ["E0", "E1", "E2"])  # replayed, once
+    assert data_plane.message_ids() == ids  # cloud delivery never waited
+    status = {s["key"]: s for s in client.integrations_status()}
+    assert status["amplitude"]["active"] is True
+    assert status["mixpanel"]["installed"] is False  # cloud mode in config: not enabled
+    assert "am-secret-123" not in repr(status)
+
+
+def test_disabling_the_destination_in_the_control_plane_stops_it(
+    make_client: MakeClient, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    client = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path,
+                         config_refresh_interval=0.05)  # fmt: skip
+    client.track("u1", "Before")
+    assert wait_until(lambda: FakeAmplitude.instances)
+    document = sample_document()
+    document["source"]["destinations"][0]["enabled"] = False
+    control_plane.set_config(document)
+    assert wait_until(lambda: FakeAmplitude.instances[0].stopped)
+    client.track("u1", "After")
+    assert client.flush(timeout=5)
+    assert FakeAmplitude.instances[0].events == ["Before"]
+
+
+def test_a_disabled_source_stops_sending_and_says_so(
+    make_client: MakeClient, data_plane: DataPlane, control_plane: ControlPlane, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    control_plane.set_config(sample_document(enabled=False))
+    client = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path)
+    client.track("u1", "First")  # starts device mode; the config arrives in the background
+    assert wait_until(lambda: "source is disabled" in caplog.text)
+    assert client.track("u1", "Refused") is None
+    assert client.stats().dropped.get("source_disabled") == 1
+
+
+def test_with_the_control_plane_down_at_start_the_cache_brings_integrations_up(
+    make_client: MakeClient, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    first = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path)
+    first.track("u1", "Warm Up")
+    assert wait_until(lambda: FakeAmplitude.instances)
+    first.shutdown(timeout=2)
+    FakeAmplitude.instances = []
+    control_plane.stop()
+
+    second = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path)
+    second.track("u1", "From Cache")
+    assert wait_until(lambda: FakeAmplitude.instances, timeout=15)
+    assert second.flush(timeout=5)
+    assert FakeAmplitude.instances[0].events == ["From Cache"]
+
+
+def test_a_source_config_dict_works_without_a_control_plane(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    client = make_client(source_config=sample_document())
+    client.track("u1", "Local Config")
+    assert wait_until(lambda: FakeAmplitude.instances)
+    assert client.flush(timeout=5)
+    assert FakeAmplitude.instances[0].events == ["Local Config"]
+    assert len(data_plane.events) == 1
+
+
+def test_no_control_plane_and_no_cache_keeps_cloud_delivery_going(
+    make_client: MakeClient, data_plane: DataPlane, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("analytics_sdk._source_config.BACKOFF_BASE", 0.01)
+    client = make_client(control_plane_url="http://127.0.0.1:9", config_cache_path=tmp_path)
+    assert client.track("u1", "Cloud Only") is not None
+    assert client.flush(timeout=5)
+    assert len(data_plane.events) == 1
+    assert wait_until(lambda: "device mode stays off" in caplog.text, timeout=30)
+    assert FakeAmplitude.instances == []
+    assert caplog.text.count("device mode stays off") == 1
