@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from analytics_sdk._files import write_private
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._transport import (
+    UNSENDABLE,
     USER_AGENT,
     _load_backoff,
     _proxy_passwords,
@@ -63,13 +64,6 @@ _HINTS = {
     403: " (is the write key allowed to read this source's config?)",
     404: " (is control_plane_url the control plane's base URL, without /sourceConfig?)",
 }
-# Failures no retry can fix: a malformed URL, or a proxy scheme requests cannot speak.
-_UNSENDABLE = (
-    requests.exceptions.InvalidURL,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.InvalidHeader,
-)
 
 
 class SourceConfigError(Exception):
@@ -329,7 +323,7 @@ class _Fetcher:
             request.headers["If-None-Match"] = etag
         try:
             response = self._session.send(request, **self._send_options)
-        except _UNSENDABLE as exc:
+        except UNSENDABLE as exc:
             # The type only: requests' text can quote a proxy URL with its password.
             return _Answer(
                 problem=f"the request cannot be made ({type(exc).__name__}); "
@@ -786,19 +780,7 @@ class SourceConfigClient:
             separators=(",", ":"),
         ).encode("utf-8", "surrogatepass")
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # mkstemp creates the file 0600; os.replace switches atomically, so a crash
-            # leaves the old cache or the new one, never half of one.
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_private(path, data)
         except OSError as exc:
             # The config works from memory; only the next start's fallback is lost.
             log = logger.debug if self._cache_warned else logger.warning

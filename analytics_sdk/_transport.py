@@ -36,7 +36,7 @@ _HINTS = {
 }
 # Failures no retry can fix: a malformed URL, or a proxy scheme requests cannot speak
 # (SOCKS without its extra raises InvalidSchema).
-_UNSENDABLE = (
+UNSENDABLE = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
     requests.exceptions.MissingSchema,
@@ -124,7 +124,7 @@ class Transport:
             attempt += 1
             try:
                 response = self._post(messages)
-            except _UNSENDABLE as exc:
+            except UNSENDABLE as exc:
                 # The type only: requests' text can quote a proxy URL with its password.
                 raise DeliveryError(
                     f"the request cannot be made ({type(exc).__name__}); "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from analytics_sdk._files import write_private
 from analytics_sdk._logging import logger
 
 __all__ = ["Identity"]
@@ -113,19 +112,7 @@ class Identity:
             return
         state = {"anonymousId": self._anonymous_id, "userId": self._user_id, "traits": self._traits}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # mkstemp creates the file with mode 0600; os.replace makes the switch atomic, so
-            # a crash leaves the old file or the new one, never half of one.
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(state, handle)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_private(path, json.dumps(state).encode("utf-8"))
         except OSError as exc:
             # The identity still works in memory; losing persistence must not break calls.
             logger.warning("cannot write identity file (%s); the anonymousId lives in memory", exc)
