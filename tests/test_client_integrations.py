@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -110,3 +111,41 @@ def test_send_false_still_feeds_in_code_integrations() -> None:
     assert client.flush(timeout=5)
     assert [m.type for m in recording.messages] == ["track"]
     client.shutdown()
+
+
+class AlwaysRaises(Integration[IntegrationOptions]):
+    key = "raises"
+    display_name = "Raises"
+
+    def handle(self, message: Message) -> None:
+        raise RuntimeError("this wrapper is broken")
+
+
+class SleepsFiveSeconds(Integration[IntegrationOptions]):
+    key = "sleeps"
+    display_name = "Sleeps"
+
+    def handle(self, message: Message) -> None:
+        time.sleep(5)
+
+
+@pytest.mark.allow_sdk_errors
+def test_a_raising_and_a_sleeping_integration_hurt_neither_the_caller_nor_the_others(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    recording = Recording(IntegrationOptions())
+    client = make_client(
+        integrations=[AlwaysRaises(IntegrationOptions()), SleepsFiveSeconds(IntegrationOptions()),
+                      recording],
+        shutdown_timeout=1.0,
+    )  # fmt: skip
+    started = time.monotonic()
+    ids = [client.track("u1", f"E{n}") for n in range(50)]
+    assert time.monotonic() - started < 1.0  # track() never waits for a wrapper
+    assert client.flush(timeout=2) is False  # the sleeper cannot finish: flush says so, in time
+    assert time.monotonic() - started < 5
+    assert data_plane.message_ids() == ids  # cloud delivery got everything
+    assert [m.message_id for m in recording.messages] == ids
+    counters = client.stats().integrations
+    assert counters["raises"]["failed"] == 50
+    assert counters["recording"]["handled"] == 50

@@ -160,3 +160,87 @@ def test_no_control_plane_and_no_cache_keeps_cloud_delivery_going(
     assert wait_until(lambda: "device mode stays off" in caplog.text, timeout=30)
     assert FakeAmplitude.instances == []
     assert caplog.text.count("device mode stays off") == 1
+
+
+def test_an_option_change_restarts_the_integration_with_the_new_options(
+    make_client: MakeClient, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    client = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path,
+                         config_refresh_interval=0.05)  # fmt: skip
+    client.track("u1", "First")
+    assert wait_until(lambda: FakeAmplitude.instances)
+    document = sample_document()
+    document["source"]["destinations"][0]["config"]["apiKey"] = "am-rotated-789"
+    control_plane.set_config(document)
+    assert wait_until(lambda: len(FakeAmplitude.instances) == 2)
+    old, new = FakeAmplitude.instances
+    assert old.stopped is True
+    assert new.options.api_key.get_secret_value() == "am-rotated-789"
+    client.track("u1", "Second")
+    assert client.flush(timeout=5)
+    assert new.events == ["Second"]
+
+
+def test_a_source_disabled_while_running_stops_sending_until_enabled_again(
+    make_client: MakeClient, data_plane: DataPlane, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    client = make_client(control_plane_url=control_plane.url, config_cache_path=tmp_path,
+                         config_refresh_interval=0.05)  # fmt: skip
+    assert client.track("u1", "Sent") is not None
+    assert wait_until(lambda: FakeAmplitude.instances)
+    control_plane.set_config(sample_document(enabled=False))
+    assert wait_until(lambda: client.track("u1", "Probe") is None)
+    control_plane.set_config(sample_document())
+    assert wait_until(lambda: client.track("u1", "Back") is not None)
+    assert client.flush(timeout=5)
+    assert client.stats().dropped.get("source_disabled", 0) >= 1
+    assert data_plane.events[0]["event"] == "Sent"
+    assert data_plane.events[-1]["event"] == "Back"
+
+
+def test_a_forked_child_brings_device_mode_up_again(
+    data_plane: DataPlane, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    from support.processes import run_script
+
+    result = run_script(
+        """
+        import os, sys, time
+        import analytics_sdk._factory as factory
+        from analytics_sdk import Client
+        from analytics_sdk.integration import Integration, IntegrationOptions
+
+        seen = []
+
+        class Options(IntegrationOptions):
+            api_key: str
+
+        class Amp(Integration[Options]):
+            key, display_name, destination_names, options_model = (
+                "amplitude", "Amplitude", frozenset({"AM"}), Options)
+            def track(self, message):
+                seen.append((os.getpid(), message.event))
+
+        factory.discover = lambda: {"amplitude": factory.Discovered("amplitude", Amp)}
+        client = Client("wk_test_key", sys.argv[1], control_plane_url=sys.argv[2],
+                        config_cache_path=sys.argv[3])
+        client.track("parent", "In Parent")
+        client.flush(timeout=5)
+        pid = os.fork()
+        if pid == 0:
+            client.track("child", "In Child")
+            deadline = time.monotonic() + 10
+            while not seen and time.monotonic() < deadline:
+                client.flush(timeout=1)
+            print("child saw", seen, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """,
+        data_plane.url,
+        control_plane.url,
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("child saw"))
+    assert "In Child" in line
+    assert "In Parent" not in line  # the parent's messages stay the parent's
