@@ -504,6 +504,7 @@ class Factory:
                 self._inbox.extend(self._buffer)  # replayed once, after the workers exist
                 self._buffer.clear()
                 self._inbox_ready.notify()
+                self._routed.notify_all()
         for worker in started:
             worker.start()
         # On the config thread, so waiting is fine; an overrunning wrapper is abandoned.
@@ -524,6 +525,7 @@ class Factory:
             self._inbox.extend(self._buffer)
             self._buffer.clear()
             self._inbox_ready.notify()
+            self._routed.notify_all()
 
     def no_config(self, reason: str) -> None:
         """No config now or soon: device mode stays off; stop buffering for it."""
@@ -532,13 +534,24 @@ class Factory:
             self._configured = True
             dropped = len(self._buffer)
             self._buffer.clear()
+            self._routed.notify_all()
         if first:
             logger.warning(
                 "device mode stays off: %s (%d buffered messages not replayed)", reason, dropped
             )
 
     def flush(self, deadline: float) -> bool:
-        """Ask every worker to drain and flush; wait until the deadline at most."""
+        """Ask every worker to drain and flush; wait until the deadline at most.
+
+        Messages held for the first config count too: until it arrives (or is known not to
+        come) they are not delivered, so flush waits for it within the same deadline.
+        """
+        with self._lock:
+            while not self._configured and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._routed.wait(remaining)
         return self._fan_out(_FLUSH, deadline)
 
     def reset(self) -> None:

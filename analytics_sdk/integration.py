@@ -69,6 +69,7 @@ class IntegrationOptions(BaseModel):
         alias_generator=to_camel,
         validate_by_name=True,
         validate_by_alias=True,
+        hide_input_in_errors=True,  # str(ValidationError) would echo a rejected secret
     )
 
 
