@@ -640,8 +640,22 @@ class Factory:
     # -- numbers -----------------------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
+        """Every discovered or configured integration, with its state and counters.
+
+        Discovers installed wrappers itself when no config was applied yet (control plane
+        down, say): what is installed is worth knowing either way.
+        """
+        if self._discovered is None:
+            self._discovered = (self._discover or discover)()
         with self._lock:
             entries = {key: StatusEntry(**vars(entry)) for key, entry in self._status.items()}
+            for key, found in self._discovered.items():
+                if key not in entries:
+                    display = found.cls.display_name if found.cls else None
+                    entries[key] = StatusEntry(
+                        key, display, installed=found.installed, hint=found.hint,
+                        options_error=found.error,
+                    )  # fmt: skip
             for key, worker in self._workers.items():
                 entry = entries.setdefault(key, StatusEntry(key, worker.integration.display_name))
                 entry.counters = worker.counters.as_dict()

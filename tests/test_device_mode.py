@@ -247,3 +247,15 @@ def test_a_forked_child_brings_device_mode_up_again(
     line = next(line for line in result.stdout.splitlines() if line.startswith("child saw"))
     assert "In Child" in line
     assert "In Parent" not in line  # the parent's messages stay the parent's
+
+
+def test_status_lists_installed_integrations_even_without_a_config(
+    make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("analytics_sdk._source_config.BACKOFF_BASE", 0.01)
+    client = make_client(control_plane_url="http://127.0.0.1:9", config_cache_path=tmp_path)
+    status = {entry["key"]: entry for entry in client.integrations_status()}
+    assert status["amplitude"]["installed"] is True
+    assert status["amplitude"]["active"] is False
+    assert status["mixpanel"]["installed"] is False
+    assert status["mixpanel"]["hint"] == "pip install 'analytics-sdk[mixpanel]'"
