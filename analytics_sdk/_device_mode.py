@@ -50,18 +50,21 @@ class DeviceMode:
         self.source_disabled = False
 
     def dispatch(self, data: bytes) -> None:
-        """Hand one accepted message to device mode (cheap; never blocks)."""
-        if not self._started:
-            self._start()
-        if self._factory.active:
-            self._factory.dispatch(data)
+        """Hand one accepted message to device mode (cheap; never blocks, never raises)."""
+        try:
+            if not self._started:
+                self._start()
+            if self._factory.active:
+                self._factory.dispatch(data)
+        except Exception:  # noqa: BLE001 - device mode must never cost the cloud message
+            logger.exception("device mode could not take a message; cloud delivery goes on")
 
     def _start(self) -> None:
         with self._lock:
             if self._started:
                 return
+            self._factory.start()  # may raise (no threads left): then not started, retried
             self._started = True
-        self._factory.start()
         if self._config is not None:
             self._config.start()
         else:
@@ -85,13 +88,17 @@ class DeviceMode:
         return self._factory.flush(deadline) if self._started else True
 
     def reset(self) -> None:
-        if self._started:
-            self._factory.reset()
+        if not self._started:
+            self._start()  # in-code integrations are set up: their reset() must run
+        self._factory.reset()
 
     def shutdown(self, deadline: float) -> bool:
+        # The factory first: it waits (within the deadline) for a config still on its way,
+        # since messages are held for it; then the config thread may stop.
+        done = self._factory.shutdown(deadline, config_coming=self._started)
         if self._config is not None:
             self._config.stop(0.5)
-        return self._factory.shutdown(deadline) if self._started else True
+        return done
 
     def status(self) -> list[dict[str, Any]]:
         return self._factory.status()

@@ -20,9 +20,9 @@ from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from analytics_sdk._logging import logger
+from analytics_sdk._logging import logger, mask_secrets, register_secret
 from analytics_sdk._serialization import expand
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, IntegrationUnavailableError, Reason, describe
@@ -130,7 +130,14 @@ class Route:
 
 def _event_names(entries: Any) -> frozenset[str]:
     names: set[str] = set()
-    for entry in entries or ():
+    if entries is None:
+        return frozenset()
+    if not isinstance(entries, (list, tuple)):
+        # Fail closed: an allow-list that cannot be read lets nothing through (a deny-list,
+        # nothing out); either way it must not raise into the other destinations.
+        logger.warning("an event filtering list is not a list; it is read as empty")
+        return frozenset()
+    for entry in entries:
         name = entry.get("eventName") if isinstance(entry, Mapping) else entry
         if isinstance(name, str) and name.strip():
             names.add(name.strip())
@@ -142,6 +149,8 @@ class Worker:
 
     Every call into the wrapper happens on this thread, one at a time; whatever the wrapper
     raises is caught here, counted, and logged once with a traceback (repeats at DEBUG).
+    Once stopping or dead, the worker refuses messages (the router hands them to its
+    replacement or counts them) and answers every request at once: nobody waits on it.
     """
 
     def __init__(
@@ -165,10 +174,18 @@ class Worker:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Message | tuple[str, threading.Event, float]] = deque()
-        self._busy = False
         self._failures_logged = 0
         self._thread: threading.Thread | None = None
+        self.stopping = False  # a stop is queued: new messages go to the replacement
+        self.dead = False  # the thread ended (stopped, or setup failed)
         self.setup_error: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def on_own_thread(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def start(self, setup: bool = True) -> None:
         self._thread = threading.Thread(
@@ -182,25 +199,62 @@ class Worker:
     def wants(self, message: Message, enabled: bool) -> bool:
         return enabled and message.type in self._types and self.route.takes(message)
 
-    def put(self, message: Message) -> None:
+    def put(self, message: Message) -> bool:
+        """Queue one message; False when stopping or dead (the caller re-routes it)."""
         with self._lock:
+            if self.stopping or self.dead:
+                return False
             if len(self._queue) >= self._max_queue:
                 self.counters.dropped += 1
-                return
+                return True
             self._queue.append(message)
             self._wake.notify()
+            return True
 
     def request(self, what: str, deadline: float | None) -> threading.Event:
         """Queue a flush/reset/stop for the worker thread; the Event is set when done."""
         done = threading.Event()
         with self._lock:
+            if self.dead:
+                done.set()
+                return done
+            if what == _STOP:
+                self.stopping = True
             self._queue.append((what, done, deadline or 0.0))
             self._wake.notify()
         return done
 
     def _run(self, setup: bool) -> None:
-        if setup and not self._call("setup", self.integration.setup):
-            return
+        try:
+            if setup and not self._setup():
+                return
+            self._loop()
+        finally:
+            with self._lock:
+                self.dead = True
+                leftovers = list(self._queue)
+                self._queue.clear()
+            for item in leftovers:  # nobody waits on a dead worker, nothing is kept silently
+                if isinstance(item, Message):
+                    self.counters.dropped += 1
+                else:
+                    item[1].set()
+
+    def _setup(self) -> bool:
+        try:
+            self.integration.setup()
+        except BaseException as exc:  # noqa: BLE001 - isolation boundary: a wrapper's bug
+            self.setup_error = mask_secrets(f"setup failed: {type(exc).__name__}: {exc}")
+            logger.error(
+                "integration %r could not start (%s); it stays off\n%s",
+                self.key,
+                self.setup_error,
+                mask_secrets(traceback.format_exc()),
+            )
+            return False
+        return True
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 while not self._queue:
@@ -234,17 +288,21 @@ class Worker:
     def _deliver(self, batch: list[Message]) -> None:
         rejected: list[tuple[Message, str]] = []
         if self._batch > 1:
-            result = self._call("handle_batch", lambda: self.integration.handle_batch(batch))
-            if isinstance(result, list):
-                by_id = {m.message_id: m for m in batch}
-                rejected = [
-                    (by_id[r.message_id], r.reason)
-                    for r in result
-                    if isinstance(r, Rejected) and r.message_id in by_id
-                ]
-                self.counters.handled += len(batch) - len(rejected)
-            else:
+            try:
+                result = self.integration.handle_batch(batch)
+            except RejectedMessage as exc:
+                result = [Rejected(m.message_id, exc.reason) for m in batch]
+            except BaseException:  # noqa: BLE001 - isolation boundary: a wrapper's bug
                 self.counters.failed += len(batch)
+                self._log_failure("batch")
+                return
+            by_id = {m.message_id: m for m in batch}
+            rejected = [
+                (by_id[r.message_id], r.reason)
+                for r in result or ()  # None: nothing rejected
+                if isinstance(r, Rejected) and r.message_id in by_id
+            ]
+            self.counters.handled += len(batch) - len(rejected)
         else:
             message = batch[0]
             try:
@@ -252,41 +310,29 @@ class Worker:
                 self.counters.handled += 1
             except RejectedMessage as exc:
                 rejected.append((message, exc.reason))
-            except Exception:  # noqa: BLE001 - isolation boundary: a wrapper's bug stays here
+            except BaseException:  # noqa: BLE001 - isolation boundary: a wrapper's bug
                 self.counters.failed += 1
                 self._log_failure(f"{message.type} call")
         if rejected:
             self.counters.rejected += len(rejected)
             self._report_rejected(self.key, rejected)
 
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+    def _call(self, what: str, call: Callable[[], Any]) -> None:
         try:
-            result = call()
+            call()
         except RejectedMessage as exc:
             logger.debug("integration %r rejected a %s: %s", self.key, what, exc.reason)
-            return None
-        except Exception as exc:  # noqa: BLE001 - isolation boundary: a wrapper's bug stays here
-            if what == "setup":
-                self.setup_error = f"setup failed: {type(exc).__name__}: {exc}"
-                logger.error(
-                    "integration %r could not start (%s); it stays off\n%s",
-                    self.key,
-                    self.setup_error,
-                    traceback.format_exc(),
-                )
-                return False
-            if what == "handle_batch":
-                self._log_failure("batch")
-                return None
+        except BaseException:  # noqa: BLE001 - isolation boundary: a wrapper's bug stays here
             self._log_failure(what)
-            return None
-        return True if result is None else result
 
     def _log_failure(self, what: str) -> None:
         self._failures_logged += 1
         if self._failures_logged == 1:
-            logger.exception(
-                "integration %r failed on a %s (repeats are logged at DEBUG)", self.key, what
+            logger.error(
+                "integration %r failed on a %s (repeats are logged at DEBUG)\n%s",
+                self.key,
+                what,
+                mask_secrets(traceback.format_exc()),
             )
         else:
             logger.debug(
@@ -337,6 +383,8 @@ class Factory:
         self._status: dict[str, StatusEntry] = {}
         self._router: threading.Thread | None = None
         self._closed = False
+        self._shut_down = False
+        self._setup_again = False  # set in a forked child: in-code integrations set up anew
         for integration in custom:
             if integration.context is None:
                 integration.context = self._context(integration.key, None)
@@ -371,9 +419,10 @@ class Factory:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the custom integrations' workers and the router (custom setup ran already)."""
+        """Start the custom integrations' workers and the router (custom setup ran already,
+        except in a forked child, where the destination SDKs' threads are gone: again)."""
         for worker in list(self._workers.values()):
-            worker.start(setup=False)
+            worker.start(setup=self._setup_again)
         self._router = threading.Thread(
             target=self._route_forever, name="analytics_sdk.integrations", daemon=True
         )
@@ -394,6 +443,9 @@ class Factory:
         custom = [w.integration for w in self._workers.values() if w.config_key is None]
         self._workers = {i.key: Worker(i, Route(), self._rejected) for i in custom}
         self._configured = False
+        self._setup_again = True
+        self._status = {}
+        self.buffer_dropped = 0
 
     def setup_custom(self) -> None:
         """Set up in-code integrations now: one that is unavailable raises at construction."""
@@ -401,10 +453,15 @@ class Factory:
             worker.integration.setup()
 
     def apply(self, config: Any) -> None:
-        """Start, stop or restart integrations for a new source config (device mode)."""
+        """Start, stop or restart integrations for a new source config (device mode).
+
+        Everything that runs wrapper code or reads a destination's config (options, filters,
+        constructors) happens here, per destination, outside the lock and guarded: one bad
+        destination keeps itself off, never the others (LESSONS R24.3).
+        """
         if self._discovered is None:
             self._discovered = (self._discover or discover)()  # discover: looked up now
-        wanted: dict[str, tuple[type[Integration[Any]], Any, str]] = {}
+        prepared: dict[str, Worker] = {}
         status: dict[str, StatusEntry] = {
             key: StatusEntry(
                 key,
@@ -415,6 +472,8 @@ class Factory:
             )
             for key, entry in self._discovered.items()
         }
+        with self._lock:
+            current = {key: w.config_key for key, w in self._workers.items()}
         for destination in config.source.destinations:
             if not destination.device_mode:
                 continue
@@ -438,14 +497,28 @@ class Factory:
                     entry.hint or entry.error,
                 )
                 continue
+            config_key = _config_key(destination.config)
+            if current.get(key) == config_key:
+                prepared[key] = self._workers[key]  # unchanged: keep it running
+                continue
             try:
                 options = entry.cls.options_model.model_validate(destination.config)
             except ValidationError as exc:
                 status[key].options_error = f"invalid options: {describe(exc)}"
                 logger.error("integration %r stays off: %s", key, status[key].options_error)
                 continue
-            wanted[key] = (entry.cls, options, _config_key(destination.config))
-        self._reconcile(wanted, config, status)
+            _register_secrets(options)
+            try:
+                integration = entry.cls(options, self._context(key, destination.id))
+                route = Route.from_config(destination.config)
+            except Exception as exc:  # noqa: BLE001 - a wrapper's constructor is its own bug
+                status[key].options_error = mask_secrets(
+                    f"could not be built: {type(exc).__name__}: {exc}"
+                )
+                logger.error("integration %r stays off: %s", key, status[key].options_error)
+                continue
+            prepared[key] = Worker(integration, route, self._rejected, config_key=config_key)
+        self._reconcile(prepared, status)
 
     def _context(self, key: str, destination_id: str | None) -> IntegrationContext:
         return IntegrationContext(
@@ -468,31 +541,19 @@ class Factory:
                 return entry
         return None
 
-    def _reconcile(
-        self,
-        wanted: dict[str, tuple[type[Integration[Any]], IntegrationOptions, str]],
-        config: Any,
-        status: dict[str, StatusEntry],
-    ) -> None:
-        routes = {d.destination_definition.display_name: d for d in config.source.destinations}
+    def _reconcile(self, wanted: dict[str, Worker], status: dict[str, StatusEntry]) -> None:
         to_stop: list[Worker] = []
         started: list[Worker] = []
         with self._lock:
+            if self._closed:
+                return  # shutdown began while the config was applied: start nothing
             for key, worker in list(self._workers.items()):
-                if worker.config_key is None:
-                    continue  # in-code integrations are not the config's to stop
-                keep = key in wanted and wanted[key][2] == worker.config_key
-                if not keep:
-                    to_stop.append(self._workers.pop(key))
-            for key, (cls, options, config_key) in wanted.items():
-                if key in self._workers:
-                    continue
-                destination = routes.get(cls.display_name)
-                route = Route.from_config(destination.config if destination else {})
-                context = self._context(key, destination.id if destination else None)
-                worker = Worker(cls(options, context), route, self._rejected, config_key=config_key)
-                self._workers[key] = worker
-                started.append(worker)
+                if worker.config_key is not None and wanted.get(key) is not worker:
+                    to_stop.append(self._workers.pop(key))  # disabled, or changed
+            for key, worker in wanted.items():
+                if key not in self._workers:
+                    self._workers[key] = worker
+                    started.append(worker)
             for key, worker in self._workers.items():
                 entry = status.setdefault(key, StatusEntry(key, worker.integration.display_name))
                 entry.active = True
@@ -500,14 +561,15 @@ class Factory:
             self._status = status
             first = not self._configured
             self._configured = True
+            for worker in started:
+                worker.start()  # under the lock: the router cannot route to an unstarted one
             if first:
                 self._inbox.extend(self._buffer)  # replayed once, after the workers exist
                 self._buffer.clear()
                 self._inbox_ready.notify()
                 self._routed.notify_all()
-        for worker in started:
-            worker.start()
         # On the config thread, so waiting is fine; an overrunning wrapper is abandoned.
+        # Messages routed after a stop was queued go to the replacement (Worker.put).
         deadline = time.monotonic() + STOP_TIMEOUT
         stopping = [(worker, worker.request(_STOP, deadline)) for worker in to_stop]
         for worker, done in stopping:
@@ -546,12 +608,10 @@ class Factory:
         Messages held for the first config count too: until it arrives (or is known not to
         come) they are not delivered, so flush waits for it within the same deadline.
         """
-        with self._lock:
-            while not self._configured and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._routed.wait(remaining)
+        if self._shut_down:
+            return True
+        if not self._wait_configured(deadline):
+            return False
         return self._fan_out(_FLUSH, deadline)
 
     def reset(self) -> None:
@@ -560,18 +620,55 @@ class Factory:
         for worker in workers:
             worker.request(_RESET, None)
 
-    def shutdown(self, deadline: float) -> bool:
-        """Flush and stop every worker within the deadline; overrunning ones are abandoned."""
+    def shutdown(self, deadline: float, *, config_coming: bool = True) -> bool:
+        """Flush and stop every worker within the deadline; overrunning ones are abandoned.
+
+        Waits for the first config too (messages are held for it); what is still held when
+        the deadline passes is reported as lost, never dropped silently. Idempotent.
+        """
+        if self._shut_down:
+            return True
+        configured = self._wait_configured(deadline) if config_coming else True
         with self._lock:
             self._closed = True
+            held = list(self._buffer)
+            self._buffer.clear()
             self._inbox_ready.notify()
+        if held:
+            self.buffer_dropped += len(held)
+            error = DeliveryError(
+                f"{len(held)} message(s) held for device mode were not handed to integrations: "
+                "no source config arrived before shutdown",
+                reason=Reason.SHUTDOWN,
+                count=len(held),
+            )
+            self._report(error, [json.loads(expand(m)) for m in held])
         drained = self._wait_inbox(deadline)
-        return self._fan_out(_STOP, deadline) and drained
+        with self._lock:
+            never_started = [w for w in self._workers.values() if not w.started]
+        for worker in never_started:  # no message ever came: shut them down right here
+            try:
+                worker.integration.shutdown(max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - a wrapper's bug must not escape shutdown()
+                logger.debug("integration %r failed to shut down", worker.key, exc_info=True)
+        stopped = self._fan_out(_STOP, deadline)
+        self._shut_down = True
+        return configured and drained and stopped
+
+    def _wait_configured(self, deadline: float) -> bool:
+        with self._lock:
+            while not self._configured and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._routed.wait(remaining)
+            return True
 
     def _fan_out(self, what: str, deadline: float) -> bool:
         self._wait_inbox(deadline)
         with self._lock:
-            workers = list(self._workers.values())
+            # A handler calling client.flush() runs on its worker's thread: never wait on it.
+            workers = [w for w in self._workers.values() if w.started and not w.on_own_thread()]
         done = [(worker, worker.request(what, deadline)) for worker in workers]
         ok = True
         for worker, event in done:
@@ -626,8 +723,14 @@ class Factory:
         default = bool(switches.get("All", True))
         for worker in workers:
             value = switches.get(worker.integration.display_name, default)
-            if worker.wants(message, value is not False and bool(value)):
-                worker.put(message)
+            if worker.wants(message, value is not False and bool(value)) and not worker.put(
+                message
+            ):
+                # Stopping (a config change) or dead: its replacement takes the message.
+                with self._lock:
+                    replacement = self._workers.get(worker.key)
+                if replacement is None or replacement is worker or not replacement.put(message):
+                    worker.counters.dropped += 1
 
     def _rejected(self, key: str, rejected: list[tuple[Message, str]]) -> None:
         for message, reason in rejected:
@@ -668,6 +771,14 @@ class Factory:
     def counters(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {key: worker.counters.as_dict() for key, worker in self._workers.items()}
+
+
+def _register_secrets(options: IntegrationOptions) -> None:
+    """A destination's SecretStr settings are masked in every log line from now on."""
+    for name in type(options).model_fields:
+        value = getattr(options, name, None)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

@@ -35,6 +35,14 @@ class _RedactSecrets(logging.Filter):
 logger.addFilter(_RedactSecrets())
 
 
+def mask_secrets(text: str) -> str:
+    """`text` with every registered secret replaced (for status texts and tracebacks)."""
+    for secret in tuple(_SECRETS):
+        if secret in text:
+            text = text.replace(secret, "**********")
+    return text
+
+
 def register_secret(secret: str) -> None:
     """Mask `secret` in every record the analytics_sdk logger emits from now on."""
     if len(secret) >= 4:  # masking "a" would shred every line

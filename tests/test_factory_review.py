@@ -1,0 +1,201 @@
+"""Regression tests for device-mode bugs found in review: each pins one scenario."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+from test_factory import (
+    AcmeOptions,
+    Definition,
+    Destination,
+    Recorder,
+    acme,
+    config,
+    make_factory,
+    recorder,
+    settle,
+    wire,
+)
+
+from analytics_sdk import Client
+from analytics_sdk.integration import Integration, IntegrationOptions
+
+
+def test_shutdown_before_any_config_reports_what_was_held() -> None:
+    factory, reports = make_factory(Recorder)
+    for n in range(3):
+        factory.dispatch(wire(event=f"Held {n}"))
+    started = time.monotonic()
+    assert factory.shutdown(time.monotonic() + 0.3) is False
+    assert time.monotonic() - started < 2
+    ((error, messages),) = reports
+    assert (error.reason, error.count) == ("shutdown", 3)
+    assert [m["event"] for m in messages] == ["Held 0", "Held 1", "Held 2"]
+    assert factory.buffer_dropped == 3
+
+
+def test_an_option_change_loses_nothing_routed_during_the_restart() -> None:
+    factory, _ = make_factory(Recorder)
+    factory.apply(config(acme()))
+    total = 3000
+
+    def produce() -> None:
+        for n in range(total):
+            factory.dispatch(wire(event=f"E{n}"))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    factory.apply(config(acme(apiKey="sk_rotated")))
+    producer.join(30)
+    settle(factory)
+    seen = [event for instance in Recorder.instances for event in instance.seen]
+    assert len(seen) == total
+    assert len(set(seen)) == total
+
+
+def test_filters_follow_the_matched_destination_even_when_matched_by_name() -> None:
+    factory, _ = make_factory(Recorder)
+    deny = Destination(
+        "dst_by_name",
+        Definition("ACME", "Acme (EU)"),  # display name differs: matched by definition name
+        {"apiKey": "k", "connectionMode": "device", "eventFilteringOption": "blacklistedEvents",
+         "blacklistedEvents": [{"eventName": "Secret"}]},
+    )  # fmt: skip
+    cloud_twin = Destination("dst_cloud", Definition("ACME", "Acme"), {"connectionMode": "cloud"})
+    factory.apply(config(deny, cloud_twin))
+    factory.dispatch(wire(event="Secret"))
+    factory.dispatch(wire(event="Public"))
+    settle(factory)
+    assert recorder().seen == ["track:Public"]
+    context = recorder().context
+    assert context is not None
+    assert context.destination_id == "dst_by_name"
+
+
+def test_a_malformed_filter_list_keeps_everything_else_working() -> None:
+    class Other(Recorder):
+        key = "other"
+        display_name = "Other"
+        destination_names = frozenset({"OTHER"})
+
+    factory, _ = make_factory(Recorder, Other)
+    broken = acme(eventFilteringOption="whitelistedEvents", whitelistedEvents=5)
+    good = Destination(
+        "d2", Definition("OTHER", "Other"), {"apiKey": "k", "connectionMode": "device"}
+    )
+    factory.apply(config(broken, good))
+    factory.dispatch(wire())
+    assert factory.flush(time.monotonic() + 3)
+    by_key = {i.key: i for i in Recorder.instances}
+    assert by_key["acme"].seen == []  # an unreadable allow-list fails closed
+    assert by_key["other"].seen == ["track:Order Completed"]  # and hurts nobody else
+
+
+class BadInit(Recorder):
+    key = "badinit"
+    display_name = "Bad Init"
+    destination_names = frozenset({"BAD"})
+
+    def __init__(self, options: Any, context: Any = None) -> None:
+        raise RuntimeError("constructor bug")
+
+
+def test_a_constructor_that_raises_keeps_only_itself_off() -> None:
+    factory, _ = make_factory(Recorder, BadInit)
+    bad = Destination(
+        "d1", Definition("BAD", "Bad Init"), {"apiKey": "k", "connectionMode": "device"}
+    )
+    factory.apply(config(bad, acme()))
+    factory.dispatch(wire())
+    assert factory.flush(time.monotonic() + 3)
+    assert recorder().seen == ["track:Order Completed"]
+    status = {s["key"]: s for s in factory.status()}
+    assert "constructor bug" in status["badinit"]["options_error"]
+
+
+class FailingSetup(Integration[AcmeOptions]):
+    key = "acme"
+    display_name = "Acme"
+    destination_names = frozenset({"ACME"})
+    options_model = AcmeOptions
+
+    def setup(self) -> None:
+        raise RuntimeError(f"bad key {self.options.api_key.get_secret_value()}")
+
+
+def test_a_failed_setup_never_makes_flush_wait_and_hides_the_secret() -> None:
+    factory, _ = make_factory(FailingSetup)
+    factory.apply(config(acme(apiKey="sk_live_SECRET_42")))
+    for _ in range(5):
+        factory.dispatch(wire())
+    started = time.monotonic()
+    assert factory.flush(time.monotonic() + 3)
+    assert time.monotonic() - started < 1
+    (status,) = factory.status()
+    assert status["active"] is False
+    assert "sk_live_SECRET_42" not in status["options_error"]
+    assert factory.shutdown(time.monotonic() + 1)
+
+
+def test_shutdown_twice_and_flush_after_shutdown_return_at_once() -> None:
+    factory, _ = make_factory(Recorder)
+    factory.apply(config(acme()))
+    assert factory.shutdown(time.monotonic() + 3)
+    started = time.monotonic()
+    assert factory.shutdown(time.monotonic() + 3)
+    assert factory.flush(time.monotonic() + 3)
+    assert time.monotonic() - started < 0.5
+
+
+class Batching(Recorder):
+    batch_size = 10
+
+    def handle_batch(self, messages: Any) -> Any:
+        for message in messages:
+            self.handle(message)
+        return None  # "nothing rejected", said loosely
+
+
+def test_handle_batch_returning_none_counts_as_delivered() -> None:
+    factory, _ = make_factory(Batching)
+    factory.apply(config(acme()))
+    for _ in range(3):
+        factory.dispatch(wire())
+    settle(factory)
+    assert factory.counters()["acme"]["handled"] == 3
+    assert factory.counters()["acme"]["failed"] == 0
+
+
+class Lifecycle(Integration[IntegrationOptions]):
+    key = "lifecycle"
+    display_name = "Lifecycle"
+    calls: ClassVar[list[str]] = []
+
+    def setup(self) -> None:
+        Lifecycle.calls.append("setup")
+
+    def reset(self) -> None:
+        Lifecycle.calls.append("reset")
+
+    def shutdown(self, timeout: float) -> None:
+        Lifecycle.calls.append("shutdown")
+
+
+def test_an_in_code_integration_is_shut_down_even_if_nothing_was_tracked() -> None:
+    Lifecycle.calls = []
+    client = Client("wk_test_key", send=False, integrations=[Lifecycle(IntegrationOptions())])
+    assert client.shutdown(timeout=2)
+    assert Lifecycle.calls == ["setup", "shutdown"]
+
+
+def test_reset_reaches_an_in_code_integration_before_any_message() -> None:
+    Lifecycle.calls = []
+    client = Client("wk_test_key", send=False, integrations=[Lifecycle(IntegrationOptions())])
+    client.reset()
+    assert client.flush(timeout=2)
+    client.shutdown(timeout=2)
+    assert Lifecycle.calls == ["setup", "reset", "shutdown"]
+
+
