@@ -30,6 +30,7 @@ from analytics_sdk._transport import (
     USER_AGENT,
     _load_backoff,
     _proxy_passwords,
+    open_session,
     retry_after_seconds,
 )
 from analytics_sdk._version import __version__
@@ -284,22 +285,10 @@ class _Fetcher:
     def __init__(self, options: ClientOptions, token: str) -> None:
         base = (options.control_plane_url or "").rstrip("/")
         url = f"{base}/sourceConfig/"
-        self._own_session = options.session is None
-        session: requests.Session = options.session or requests.Session()
+        session, self._own_session, request_options = open_session(options, url)
         self._session = session
-        # The environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once, here,
-        # as the transport does; then our own session stops reading it (and ~/.netrc, whose
-        # entry for the host would replace our Authorization header).
-        settings = session.merge_environment_settings(
-            url, options.proxies or {}, False, options.verify, None
-        )
-        if self._own_session:
-            session.trust_env = False
         self._send_options: dict[str, Any] = {
-            "timeout": options.timeout,
-            "proxies": settings["proxies"],
-            "verify": settings["verify"],
-            "cert": settings["cert"],
+            **request_options,
             "stream": True,  # the body is read in chunks, up to MAX_DOCUMENT_BYTES
             "allow_redirects": True,  # a GET may follow http -> https; requests drops auth
         }

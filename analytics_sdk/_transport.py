@@ -58,8 +58,7 @@ class Transport:
         self._options = options
         self._stop = stop  # set when shutdown's budget is spent: abandon backoff waits
         self._url = f"{options.data_plane_url}/v1/batch"
-        self._own_session = options.session is None
-        session: requests.Session = options.session or requests.Session()
+        session, self._own_session, request_options = open_session(options, self._url)
         self._session = session
         # The write key is read here and only here; the header value stays in this object.
         key = options.write_key.get_secret_value()
@@ -75,19 +74,8 @@ class Transport:
         }
         if options.gzip:
             headers["Content-Encoding"] = "gzip"
-        # HTTP(S)_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are read once, here. Per request,
-        # requests would read the environment and stat ~/.netrc again: a third of its CPU
-        # per batch, and a .netrc entry for the host would replace our Authorization header.
-        settings = session.merge_environment_settings(
-            self._url, options.proxies or {}, False, options.verify, None
-        )
-        if self._own_session:
-            session.trust_env = False
         self._send_options: dict[str, Any] = {
-            "timeout": options.timeout,
-            "proxies": settings["proxies"],
-            "verify": settings["verify"],
-            "cert": settings["cert"],
+            **request_options,
             "stream": False,
             "allow_redirects": False,  # a redirected POST would be replayed as a GET
         }
@@ -200,6 +188,30 @@ class Transport:
         return response
 
 
+def open_session(options: ClientOptions, url: str) -> tuple[requests.Session, bool, dict[str, Any]]:
+    """The session to use (the caller's, or a new one of ours), whether it is ours, and the
+    per-request options: timeout, proxies, verify, cert.
+
+    HTTP(S)_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are read once, here. Per request,
+    requests would read the environment and stat ~/.netrc again (a third of its CPU per
+    batch), and a .netrc entry for the host would replace our Authorization header.
+    """
+    own = options.session is None
+    session: requests.Session = options.session or requests.Session()
+    settings = session.merge_environment_settings(
+        url, options.proxies or {}, False, options.verify, None
+    )
+    if own:
+        session.trust_env = False
+    request_options = {
+        "timeout": options.timeout,
+        "proxies": settings["proxies"],
+        "verify": settings["verify"],
+        "cert": settings["cert"],
+    }
+    return session, own, request_options
+
+
 def build_body(messages: Sequence[bytes], sent_at: bytes) -> bytes:
     """`{"batch":[...],"sentAt":...}` with `sentAt` also inside each message.
 
@@ -279,5 +291,3 @@ if hasattr(os, "register_at_fork"):
         after_in_parent=_import_lock.release,
         after_in_child=_import_lock.release,  # held by the forking thread: ours to release
     )
-
-
