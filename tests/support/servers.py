@@ -48,8 +48,11 @@ class Request:
 
     @property
     def batch(self) -> list[JsonDict]:
-        batch: list[JsonDict] = self.json["batch"]
-        return batch
+        """The messages: a data plane's {"batch": [...]}, a webhook's list, or one message."""
+        payload: Any = json.loads(self.body)
+        if isinstance(payload, dict) and "batch" in payload:
+            return list(payload["batch"])
+        return list(payload) if isinstance(payload, list) else [payload]
 
 
 class DataPlane(ThreadingHTTPServer):
