@@ -76,18 +76,20 @@ class IdentifyMessage(Message):
     traits: JsonDict = Field(default_factory=dict)
 
 
-class PageMessage(Message):
+class _ViewMessage(Message):
+    """What page and screen calls share: a view, named and categorized."""
+
+    name: str | None = None
+    category: str | None = None
+    properties: JsonDict = Field(default_factory=dict)
+
+
+class PageMessage(_ViewMessage):
     type: Literal["page"] = "page"
-    name: str | None = None
-    category: str | None = None
-    properties: JsonDict = Field(default_factory=dict)
 
 
-class ScreenMessage(Message):
+class ScreenMessage(_ViewMessage):
     type: Literal["screen"] = "screen"
-    name: str | None = None
-    category: str | None = None
-    properties: JsonDict = Field(default_factory=dict)
 
 
 class GroupMessage(Message):
