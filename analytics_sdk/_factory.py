@@ -459,6 +459,21 @@ class Factory:
         constructors) happens here, per destination, outside the lock and guarded: one bad
         destination keeps itself off, never the others (LESSONS R24.3).
         """
+        with self._lock:
+            current = {key: w.config_key for key, w in self._workers.items()}
+        prepared, status = self._prepare(config, current)
+        self._reconcile(prepared, status)
+
+    def check(self, config: Any) -> list[dict[str, Any]]:
+        """What `apply` would do with a config, without starting anything (`doctor`):
+        each integration's installed/enabled state and options error; nothing is built."""
+        _, status = self._prepare(config, None)
+        return [vars(entry) for entry in sorted(status.values(), key=lambda e: e.key)]
+
+    def _prepare(
+        self, config: Any, current: dict[str, str | None] | None
+    ) -> tuple[dict[str, Worker], dict[str, StatusEntry]]:
+        """Match, validate and (unless `current` is None: a dry run) build each wanted worker."""
         if self._discovered is None:
             self._discovered = (self._discover or discover)()  # discover: looked up now
         prepared: dict[str, Worker] = {}
@@ -472,8 +487,6 @@ class Factory:
             )
             for key, entry in self._discovered.items()
         }
-        with self._lock:
-            current = {key: w.config_key for key, w in self._workers.items()}
         for destination in config.source.destinations:
             if not destination.device_mode:
                 continue
@@ -483,30 +496,35 @@ class Factory:
                 key = definition.name.lower()
                 status.setdefault(key, StatusEntry(key, definition.display_name, installed=False))
                 status[key].enabled_by_config = True
-                logger.warning(
-                    "device mode is on for %r but no integration for it is installed",
-                    definition.display_name,
-                )
+                if current is not None:
+                    logger.warning(
+                        "device mode is on for %r but no integration for it is installed",
+                        definition.display_name,
+                    )
                 continue
             key = entry.key
             status[key].enabled_by_config = True
             if entry.cls is None:
-                logger.warning(
-                    "device mode is on for %r but its integration is not installed: %s",
-                    definition.display_name,
-                    entry.hint or entry.error,
-                )
+                if current is not None:
+                    logger.warning(
+                        "device mode is on for %r but its integration is not installed: %s",
+                        definition.display_name,
+                        entry.hint or entry.error,
+                    )
                 continue
             config_key = _config_key(destination.config)
-            if current.get(key) == config_key:
+            if current is not None and current.get(key) == config_key:
                 prepared[key] = self._workers[key]  # unchanged: keep it running
                 continue
             try:
                 options = entry.cls.options_model.model_validate(destination.config)
             except ValidationError as exc:
                 status[key].options_error = f"invalid options: {describe(exc)}"
-                logger.error("integration %r stays off: %s", key, status[key].options_error)
+                if current is not None:
+                    logger.error("integration %r stays off: %s", key, status[key].options_error)
                 continue
+            if current is None:
+                continue  # a dry run: valid options are all it checks
             _register_secrets(options)
             try:
                 integration = entry.cls(options, self._context(key, destination.id))
@@ -518,7 +536,7 @@ class Factory:
                 logger.error("integration %r stays off: %s", key, status[key].options_error)
                 continue
             prepared[key] = Worker(integration, route, self._rejected, config_key=config_key)
-        self._reconcile(prepared, status)
+        return prepared, status
 
     def _context(self, key: str, destination_id: str | None) -> IntegrationContext:
         return IntegrationContext(
