@@ -20,7 +20,7 @@ from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from analytics_sdk._logging import logger, mask_secrets, register_secret
 from analytics_sdk._serialization import expand
@@ -243,6 +243,10 @@ class Worker:
     def _setup(self) -> bool:
         try:
             self.integration.setup()
+        except IntegrationUnavailableError as exc:  # the documented opt-out: no traceback
+            self.setup_error = mask_secrets(f"unavailable: {exc}")
+            logger.error("integration %r is unavailable; it stays off: %s", self.key, exc)
+            return False
         except BaseException as exc:  # noqa: BLE001 - isolation boundary: a wrapper's bug
             self.setup_error = mask_secrets(f"setup failed: {type(exc).__name__}: {exc}")
             logger.error(
@@ -791,12 +795,22 @@ class Factory:
             return {key: worker.counters.as_dict() for key, worker in self._workers.items()}
 
 
-def _register_secrets(options: IntegrationOptions) -> None:
-    """A destination's SecretStr settings are masked in every log line from now on."""
-    for name in type(options).model_fields:
-        value = getattr(options, name, None)
-        if isinstance(value, SecretStr):
-            register_secret(value.get_secret_value())
+def _register_secrets(value: object, depth: int = 0) -> None:
+    """A destination's SecretStr settings, nested ones included (a header's value in a list
+    of headers), are masked in every log line from now on."""
+    if depth > 8:
+        return
+    if isinstance(value, SecretStr):
+        register_secret(value.get_secret_value())
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _register_secrets(getattr(value, name, None), depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _register_secrets(item, depth + 1)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _register_secrets(item, depth + 1)
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

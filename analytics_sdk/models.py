@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
+
+from analytics_sdk._serialization import format_time
 
 __all__ = [
     "AliasMessage",
@@ -48,6 +50,10 @@ class Message(BaseModel):
     channel: str | None = None
     original_timestamp: datetime | None = None
     timestamp: datetime | None = None  # given by the caller (a back-fill), else None
+
+    @field_serializer("original_timestamp", "timestamp", when_used="json-unless-none")
+    def _wire_time(self, value: datetime) -> str:
+        return format_time(value)  # the wire's own form: UTC, milliseconds, `Z`
 
     @property
     def distinct_id(self) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, ClassVar
 
+import pytest
+from pydantic import BaseModel, Field, SecretStr
 from test_factory import (
     AcmeOptions,
     Definition,
@@ -20,6 +23,7 @@ from test_factory import (
 )
 
 from analytics_sdk import Client
+from analytics_sdk.errors import IntegrationUnavailableError
 from analytics_sdk.integration import Integration, IntegrationOptions
 
 
@@ -199,3 +203,61 @@ def test_reset_reaches_an_in_code_integration_before_any_message() -> None:
     assert Lifecycle.calls == ["setup", "reset", "shutdown"]
 
 
+
+
+class Unavailable(Integration[AcmeOptions]):
+    key = "acme"
+    display_name = "Acme"
+    destination_names = frozenset({"ACME"})
+    options_model = AcmeOptions
+
+    def setup(self) -> None:
+        raise IntegrationUnavailableError("the Acme service refused this account")
+
+
+def test_an_opt_out_at_setup_is_one_error_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    factory, _ = make_factory(Unavailable)
+    factory.apply(config(acme()))
+    factory.dispatch(wire())
+    assert factory.flush(time.monotonic() + 3)
+    (status,) = factory.status()
+    assert (status["active"], status["options_error"]) == (
+        False, "unavailable: the Acme service refused this account",
+    )  # fmt: skip
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info for r in errors] == [None]
+    assert "traceback" not in errors[0].getMessage().lower()
+    assert factory.shutdown(time.monotonic() + 1)
+
+
+class HeaderOptions(IntegrationOptions):
+    class Header(BaseModel):
+        value: SecretStr
+
+    api_key: SecretStr
+    headers: list[Header] = Field(default_factory=list)
+
+
+class LogsItsHeader(Integration[HeaderOptions]):
+    key = "acme"
+    display_name = "Acme"
+    destination_names = frozenset({"ACME"})
+    options_model = HeaderOptions
+
+    def setup(self) -> None:
+        secret = self.options.headers[0].value.get_secret_value()
+        raise RuntimeError(f"could not connect with {secret}")
+
+
+@pytest.mark.allow_sdk_errors
+def test_nested_secrets_are_masked_in_logs_too(caplog: pytest.LogCaptureFixture) -> None:
+    factory, _ = make_factory(LogsItsHeader)
+    factory.apply(config(acme(headers=[{"value": "nested-secret-77"}])))
+    factory.dispatch(wire())
+    assert factory.flush(time.monotonic() + 3)
+    assert "could not connect with" in caplog.text
+    assert "nested-secret-77" not in caplog.text
+    assert "nested-secret-77" not in str(factory.status())
+    assert factory.shutdown(time.monotonic() + 1)
