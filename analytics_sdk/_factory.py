@@ -29,7 +29,6 @@ from analytics_sdk.errors import DeliveryError, IntegrationUnavailableError, Rea
 from analytics_sdk.integration import (
     Integration,
     IntegrationContext,
-    IntegrationOptions,
     Rejected,
     RejectedMessage,
 )

@@ -33,7 +33,8 @@ def run_example(name: str, *args: str, env: dict[str, str] | None = None,
 
 def load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / name)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -83,8 +84,10 @@ def test_the_cli_tool_keeps_its_identity_across_runs(server: DevServer, tmp_path
     identity = str(tmp_path / "id.json")
     runs = [
         run_example("cli_tool.py", "--identity-file", identity, "greet", "Ada", env=env),
-        run_example("cli_tool.py", "--identity-file", identity, "--login", "ada@example.com",
-                    "greet", "Ada", env=env),  # fmt: skip
+        run_example(
+            "cli_tool.py", "--identity-file", identity, "--login", "ada@example.com",
+            "greet", "Ada", env=env,
+        ),
         run_example("cli_tool.py", "--identity-file", identity, "greet", "Ada", env=env),
     ]
     assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]

@@ -19,7 +19,9 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
 
 def test_all_lists_every_public_name_the_package_offers() -> None:
     public = {name for name in dir(analytics_sdk) if not name.startswith("_")}
-    submodules = {"client", "devserver", "errors", "identity", "integration", "models", "options", "testing"}
+    submodules = {
+        "client", "devserver", "errors", "identity", "integration", "models", "options", "testing",
+    }  # fmt: skip
     assert public - submodules - {"annotations", "importlib", "TYPE_CHECKING", "Any"} == (
         set(analytics_sdk.__all__) - {"__version__"}
     )
