@@ -119,7 +119,8 @@ class Integration(Generic[OptionsT]):
     Class attributes every wrapper sets: `key`, `display_name`, `destination_names`,
     `options_model`; optionally `batch_size` (> 1: the factory calls `handle_batch` with up
     to that many messages) and `supported_types` (the calls it handles; the factory does
-    not queue the others for it).
+    not queue the others for it). `supported_types` may also be narrowed per instance in
+    `__init__`, from the options (a wrapper whose track support is an option, say).
     """
 
     key: ClassVar[str]
@@ -127,7 +128,7 @@ class Integration(Generic[OptionsT]):
     destination_names: ClassVar[frozenset[str]] = frozenset()
     options_model: ClassVar[type[IntegrationOptions]] = IntegrationOptions
     batch_size: ClassVar[int] = 1
-    supported_types: ClassVar[frozenset[str]] = frozenset(
+    supported_types: frozenset[str] = frozenset(
         {"identify", "track", "page", "screen", "group", "alias"}
     )
 

@@ -433,7 +433,7 @@ class IntegrationContract:
         factory.without_config()
         messages = sample_messages()
         expected = [m.message_id for m in messages]
-        supported = [m for m in messages if m.type in self.integration_class.supported_types]
+        supported = [m for m in messages if m.type in integration.supported_types]
         try:
             for message in messages:
                 factory.dispatch(dumps(message.to_wire()))
