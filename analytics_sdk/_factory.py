@@ -9,7 +9,6 @@ delivery or another integration (DESIGN 6, rules 6-8).
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import traceback
@@ -22,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from analytics_sdk._logging import logger, mask_secrets, register_secret
+from analytics_sdk._logging import child_logger, logger, mask_secrets, register_secret
 from analytics_sdk._serialization import expand
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, IntegrationUnavailableError, Reason, describe
@@ -222,6 +221,13 @@ class Worker:
             self._queue.append((what, done, deadline or 0.0))
             self._wake.notify()
         return done
+
+    def interrupt(self) -> None:
+        """From the stopping thread, once the worker is abandoned: the wrapper ends its waits."""
+        try:
+            self.integration.interrupt()
+        except Exception:  # noqa: BLE001 - a wrapper's bug must not escape a stop
+            logger.debug("integration %r failed to interrupt", self.key, exc_info=True)
 
     def _run(self, setup: bool) -> None:
         try:
@@ -543,7 +549,7 @@ class Factory:
 
     def _context(self, key: str, destination_id: str | None) -> IntegrationContext:
         return IntegrationContext(
-            logger=logging.getLogger(f"analytics_sdk.integrations.{key}"),
+            logger=child_logger(f"integrations.{key}"),
             anonymous_id=self._anonymous_id,
             library_version=__version__,
             destination_id=destination_id,
@@ -599,6 +605,7 @@ class Factory:
                     "integration %r stopped (disabled or changed in the config)", worker.key
                 )
             else:
+                worker.interrupt()
                 logger.warning("integration %r did not stop in time; abandoned", worker.key)
 
     def without_config(self) -> None:
@@ -694,6 +701,8 @@ class Factory:
         ok = True
         for worker, event in done:
             if not event.wait(max(0.0, deadline - time.monotonic())):
+                if what == _STOP:
+                    worker.interrupt()  # end its retry waits: the thread must not outlive us
                 logger.warning(
                     "integration %r did not finish its %s in time; abandoned", worker.key, what
                 )

@@ -32,7 +32,17 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
-logger.addFilter(_RedactSecrets())
+_REDACT = _RedactSecrets()
+logger.addFilter(_REDACT)
+
+
+def child_logger(name: str) -> logging.Logger:
+    """`analytics_sdk.<name>`, masking secrets too: a parent logger's filters do not apply to
+    records its children log (they go straight to the handlers)."""
+    child = logging.getLogger(f"analytics_sdk.{name}")
+    if _REDACT not in child.filters:
+        child.addFilter(_REDACT)
+    return child
 
 
 def mask_secrets(text: str) -> str:

@@ -24,6 +24,8 @@ integration's own worker thread only, one at a time -> `flush()` any number of t
 `shutdown()` once. Handlers never see the caller's thread: a slow destination never slows
 `track()`. A handler that cannot deliver one particular message raises `RejectedMessage`;
 anything else it raises is counted as a failure and logged (once with a traceback).
+`interrupt()` is the one call from another thread: the factory gave up waiting (a stop or
+shutdown deadline passed), so retry waits must end now.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from analytics_sdk._logging import child_logger
 from analytics_sdk.models import (
     AliasMessage,
     GroupMessage,
@@ -146,7 +149,7 @@ class Integration(Generic[OptionsT]):
         """`analytics_sdk.integrations.<key>`: log through it, never print."""
         if self.context is not None:
             return self.context.logger
-        return logging.getLogger(f"analytics_sdk.integrations.{self.key}")
+        return child_logger(f"integrations.{self.key}")
 
     def setup(self) -> None:
         """Create the destination client. Raise `IntegrationUnavailableError` to opt out."""
@@ -208,3 +211,9 @@ class Integration(Generic[OptionsT]):
     def shutdown(self, timeout: float) -> None:
         """Flush and release resources within `timeout` seconds. Called once."""
         self.flush(timeout)
+
+    def interrupt(self) -> None:
+        """Give up now: called from another thread when the factory stops waiting for this
+        integration (its stop or shutdown overran the deadline). End retry waits and let the
+        handler in progress return soon (rejecting what it could not send); must be quick,
+        thread-safe, and may come before, during or after any handler. Default: nothing."""

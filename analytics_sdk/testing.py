@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ from uuid import uuid4
 from pydantic import ValidationError
 
 from analytics_sdk._factory import Factory
+from analytics_sdk._logging import child_logger
 from analytics_sdk._serialization import dumps
 from analytics_sdk._version import __version__
 from analytics_sdk.client import Client
@@ -205,7 +205,7 @@ class IntegrationContract:
         integration = self.make_integration(self.contract_options())
         if integration.context is None:
             integration.context = IntegrationContext(
-                logger=logging.getLogger(f"analytics_sdk.integrations.{integration.key}"),
+                logger=child_logger(f"integrations.{integration.key}"),
                 anonymous_id=lambda: "contract-anon-1",
                 library_version=__version__,
                 destination_id="contract-destination",

@@ -24,7 +24,7 @@ from test_factory import (
 
 from analytics_sdk import Client
 from analytics_sdk.errors import IntegrationUnavailableError
-from analytics_sdk.integration import Integration, IntegrationOptions
+from analytics_sdk.integration import Integration, IntegrationOptions, RejectedMessage
 
 
 def test_shutdown_before_any_config_reports_what_was_held() -> None:
@@ -261,3 +261,52 @@ def test_nested_secrets_are_masked_in_logs_too(caplog: pytest.LogCaptureFixture)
     assert "nested-secret-77" not in caplog.text
     assert "nested-secret-77" not in str(factory.status())
     assert factory.shutdown(time.monotonic() + 1)
+
+
+class StuckInRetries(Integration[AcmeOptions]):
+    """A handler in a retry wait that only interrupt() ends (as a wrapper's backoff is)."""
+
+    key = "acme"
+    display_name = "Acme"
+    destination_names = frozenset({"ACME"})
+    options_model = AcmeOptions
+    interrupted = threading.Event()
+    entered = threading.Event()
+
+    def track(self, message: Any) -> None:
+        type(self).entered.set()
+        if not type(self).interrupted.wait(30):
+            raise AssertionError("never interrupted")
+        raise RejectedMessage("shutdown while retrying")
+
+    def interrupt(self) -> None:
+        type(self).interrupted.set()
+
+
+def test_an_abandoned_worker_is_interrupted_so_its_thread_ends() -> None:
+    StuckInRetries.interrupted.clear()
+    StuckInRetries.entered.clear()
+    before = set(threading.enumerate())
+    factory, reports = make_factory(StuckInRetries)
+    factory.apply(config(acme()))
+    factory.dispatch(wire())
+    assert StuckInRetries.entered.wait(5)
+    assert factory.shutdown(time.monotonic() + 0.3) is False  # abandoned at the deadline...
+    assert StuckInRetries.interrupted.is_set()  # ...and told to give up
+    ours = set(threading.enumerate()) - before
+    worker_threads = [t for t in ours if t.name == "analytics_sdk.integration.acme"]
+    for thread in worker_threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert [e.reason for e, _ in reports] == ["rejected_by_integration"]  # still counted
+
+
+def test_integration_loggers_mask_secrets_like_the_sdk_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from analytics_sdk._logging import child_logger, register_secret
+
+    register_secret("child-logger-secret-9")
+    child_logger("integrations.acme").warning("the server said: child-logger-secret-9")
+    assert "child-logger-secret-9" not in caplog.text
+    assert "the server said: **********" in caplog.text

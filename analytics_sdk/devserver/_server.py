@@ -6,7 +6,6 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 import os
 import random
 import socket
@@ -20,6 +19,7 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from analytics_sdk._logging import child_logger
 from analytics_sdk.devserver._protocol import (
     CALL_TYPES,
     MAX_REQUEST_BYTES,
@@ -33,7 +33,7 @@ from analytics_sdk.devserver._workspace import Workspace, WorkspaceError
 
 __all__ = ["DevServer", "Faults"]
 
-logger = logging.getLogger("analytics_sdk.devserver")
+logger = child_logger("devserver")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle (or a body may stall)
 
