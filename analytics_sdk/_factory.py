@@ -305,12 +305,14 @@ class Worker:
                 self.counters.failed += len(batch)
                 self._log_failure("batch")
                 return
-            by_id = {m.message_id: m for m in batch}
-            rejected = [
-                (by_id[r.message_id], r.reason)
-                for r in result or ()  # None: nothing rejected
-                if isinstance(r, Rejected) and r.message_id in by_id
-            ]
+            # Each Rejected claims one message with its id, in batch order: two messages
+            # sharing an id are two outcomes, and a repeated Rejected cannot count twice.
+            by_id: dict[str, deque[Message]] = {}
+            for message in batch:
+                by_id.setdefault(message.message_id, deque()).append(message)
+            for item in result or ():  # None: nothing rejected
+                if isinstance(item, Rejected) and by_id.get(item.message_id):
+                    rejected.append((by_id[item.message_id].popleft(), item.reason))
             self.counters.handled += len(batch) - len(rejected)
         else:
             message = batch[0]

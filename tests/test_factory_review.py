@@ -24,7 +24,7 @@ from test_factory import (
 
 from analytics_sdk import Client
 from analytics_sdk.errors import IntegrationUnavailableError
-from analytics_sdk.integration import Integration, IntegrationOptions, RejectedMessage
+from analytics_sdk.integration import Integration, IntegrationOptions, Rejected, RejectedMessage
 
 
 def test_shutdown_before_any_config_reports_what_was_held() -> None:
@@ -310,3 +310,31 @@ def test_integration_loggers_mask_secrets_like_the_sdk_logger(
     child_logger("integrations.acme").warning("the server said: child-logger-secret-9")
     assert "child-logger-secret-9" not in caplog.text
     assert "the server said: **********" in caplog.text
+
+
+class RejectsEveryOther(Integration[AcmeOptions]):
+    key = "acme"
+    display_name = "Acme"
+    destination_names = frozenset({"ACME"})
+    options_model = AcmeOptions
+    batch_size = 10
+
+    def handle_batch(self, messages: Any) -> list[Rejected]:
+        refused = [m for m in messages if m.to_wire()["event"] in ("B", "D")]
+        return [Rejected(m.message_id, f"no {m.to_wire()['event']}") for m in refused]
+
+
+def test_messages_sharing_an_id_are_counted_and_reported_each_once() -> None:
+    factory, reports = make_factory(RejectsEveryOther)
+    factory.start()
+    for name in ("A", "B", "C", "D"):  # held until the config: then one batch
+        factory.dispatch(wire(messageId="same-id", event=name))
+    factory.apply(config(acme()))
+    assert factory.flush(time.monotonic() + 5)
+    counters = factory.counters()["acme"]
+    assert (counters["handled"], counters["rejected"]) == (2, 2)
+    reported = [m["event"] for _, messages in reports for m in messages]
+    # The ids cannot tell which of the twins was refused: each Rejected claims the next one,
+    # so two distinct messages are reported (the old code reported the last one twice).
+    assert len(reported) == len(set(reported)) == 2
+    assert factory.shutdown(time.monotonic() + 1)
