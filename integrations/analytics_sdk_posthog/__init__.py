@@ -1,12 +1,16 @@
 """PostHog destination: every call through PostHog's own Python SDK (`posthog`).
 
 Options follow RudderStack's PostHog destination (`teamApiKey`, `yourInstance`,
-`propertyBlackList`). Each batch handed to the wrapper is queued into the SDK, which sends it
-as one `POST {host}/batch/` from its consumer thread; the wrapper then flushes the SDK and
-waits (bounded) until every event was sent or reported through the SDK's `on_error`. Events
-PostHog refused, or could not get after the SDK's retries, come back as `Rejected` with
-PostHog's status and answer, matched by event uuid (the messageId when it is a UUID).
-Nothing stays queued in the SDK when a handler returns.
+`propertyBlackList`). Each batch handed to the wrapper is queued into the SDK one request's
+worth at a time (what the SDK's consumer sends as one `POST {host}/batch/`: up to 100 events
+and 5 MiB); after each, the wrapper flushes the SDK and waits (bounded, per request) until
+every event was sent or reported through the SDK's `on_error`. Events PostHog refused, or
+could not get after the SDK's retries, come back as `Rejected` with PostHog's status and
+answer, matched by event uuid (the messageId when it is a UUID). A request that outlives its
+bound rejects its own events (they may still arrive) and everything after it, which is taken
+back out of the SDK or never handed to it: nothing the SDK still holds is sent later
+uncounted. The SDK's exit hook is removed: analytics_sdk's own exit flush delivers what is
+still queued at exit, and then shuts the SDK down.
 
 Switched off in the SDK: feature-flag polling and `/flags` calls (no personal API key, no
 `send_feature_flags`), exception autocapture, metrics and traces, GeoIP enrichment
@@ -26,7 +30,7 @@ from urllib.parse import urlsplit
 
 from posthog import CaptureMode
 from posthog.client import Client as PostHogClient
-from posthog.consumer import MAX_MSG_SIZE
+from posthog.consumer import BATCH_SIZE_LIMIT, MAX_MSG_SIZE
 from posthog.request import APIError
 from posthog.utils import system_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -48,6 +52,10 @@ DEFAULT_HOST = "https://us.i.posthog.com"  # PostHog Cloud US ingestion, the SDK
 _BACKOFF_CEILING = 30.0  # seconds: posthog caps each retry wait (backoff or Retry-After) here
 _CONNECTS_PER_ATTEMPT = 3  # posthog's https adapter retries a failed connect twice
 _REASON_CHARS = 200  # how much of PostHog's answer a rejection reason keeps
+# Bytes of events handed to the SDK per flush. Its consumer ends a request at the event that
+# brings it to BATCH_SIZE_LIMIT; it measures after `before_send` as we do, give or take a few
+# bytes per event, so staying this far under it keeps each flush to one request.
+_REQUEST_BYTES = BATCH_SIZE_LIMIT - 64 * 1024
 
 
 class BlacklistedProperty(BaseModel):
@@ -93,7 +101,11 @@ class PostHogOptions(IntegrationOptions):
 
 
 class PostHogDeliveryTimeout(Exception):  # noqa: N818 - reads as what happened
-    """PostHog's SDK had not finished a batch within the bound its own retries allow."""
+    """Kept for compatibility; no longer raised.
+
+    A request the SDK has not finished within the bound its own retries allow now rejects
+    its events (and the rest of the batch) instead of failing the whole batch.
+    """
 
 
 class PostHogIntegration(Integration[PostHogOptions]):
@@ -103,17 +115,18 @@ class PostHogIntegration(Integration[PostHogOptions]):
     display_name = "PostHog"
     destination_names = frozenset({"POSTHOG"})
     options_model = PostHogOptions
-    batch_size = 100  # one /batch/ request per handle_batch (the SDK's own flush_at)
+    batch_size = 100  # the SDK's own flush_at: at most one /batch/ request per 5 MiB
 
     _client: PostHogClient | None = None
 
     def setup(self) -> None:
         options = self.options
         self._lock = threading.Lock()
-        self._pending: dict[str, list[str]] = {}  # event uuid -> messageIds of this batch
+        self._pending: dict[str, int] = {}  # event uuid -> how many of ours the SDK holds
         self._refused: dict[str, str] = {}  # event uuid -> why PostHog did not take it
         self._derived: dict[str, str] = {}  # event uuid -> the non-UUID messageId it came from
         self._oversized: dict[str, int] = {}  # event uuid -> its size, when over PostHog's limit
+        self._size = 0  # the size of the event before_send passed last (the handler's thread)
         self._blocked = options.blocked_properties
         self._api_key = options.team_api_key.get_secret_value()
         system_context()  # posthog probes the OS per event; its first, slow probe happens here
@@ -136,6 +149,11 @@ class PostHogIntegration(Integration[PostHogOptions]):
             enable_exception_autocapture=False,
             capture_mode=CaptureMode.V0,  # /batch/, whatever POSTHOG_CAPTURE_MODE says
         )
+        # posthog registers an exit hook per client. atexit runs hooks last-in first-out, so
+        # it would run before analytics_sdk's exit flush (registered at import) and close the
+        # SDK: what is still queued at exit would be rejected. Our exit flush ends with
+        # shutdown(), which shuts the SDK down itself.
+        atexit.unregister(self._client._atexit)
         sdk_logger.setLevel(level)  # the SDK sets its logger to WARNING: the app decides that
 
     # -- delivery ---------------------------------------------------------------------------
@@ -146,35 +164,40 @@ class PostHogIntegration(Integration[PostHogOptions]):
 
     def handle_batch(self, messages: Sequence[Message]) -> list[Rejected]:
         client = self._require_client()
-        rejected: list[Rejected] = []
         with self._lock:
             self._pending.clear()
             self._refused.clear()
             self._derived.clear()
             self._oversized.clear()
-        queued = 0
-        for message in messages:
+        reasons: list[str | None] = [None] * len(messages)  # by position; None: delivered
+        request: list[tuple[int, str]] = []  # (position, event uuid), in the SDK's queue order
+        request_bytes = 0
+        not_sent: str | None = None  # once a request outlived its bound: hand over nothing more
+        for index, message in enumerate(messages):
+            if not_sent is not None:
+                reasons[index] = not_sent
+                continue
             try:
-                self._submit(client, message)
-                queued += 1
+                event_id, size = self._submit(client, message)
             except RejectedMessage as exc:
-                rejected.append(Rejected(message.message_id, exc.reason))
-        if queued:
-            budget = self._delivery_budget()
-            client.flush(timeout_seconds=budget)
-            left = client.queue.unfinished_tasks
-            if left:
-                raise PostHogDeliveryTimeout(
-                    f"PostHog's SDK still held {left} event(s) after {budget:.1f} s "
-                    "(they may still arrive)"
-                )
+                reasons[index] = exc.reason
+                continue
+            request.append((index, event_id))
+            request_bytes += size
+            if request_bytes >= _REQUEST_BYTES or len(request) >= self.batch_size:
+                not_sent = self._deliver(client, request, reasons)
+                request, request_bytes = [], 0
+        if request:
+            self._deliver(client, request, reasons)
         with self._lock:
-            for event_id, reason in self._refused.items():
-                rejected.extend(Rejected(mid, reason) for mid in self._pending.get(event_id, ()))
             self._pending.clear()
             self._refused.clear()
             self._derived.clear()
-        return rejected
+        return [
+            Rejected(message.message_id, reason)
+            for message, reason in zip(messages, reasons, strict=True)
+            if reason is not None
+        ]
 
     def flush(self, timeout: float) -> bool:
         """True: handlers return only once the SDK is empty (this waits out a timed-out one)."""
@@ -212,17 +235,57 @@ class PostHogIntegration(Integration[PostHogOptions]):
             raise RuntimeError("PostHogIntegration is not set up (or already shut down)")
         return self._client
 
-    def _submit(self, client: PostHogClient, message: Message) -> None:
-        """Queue one message in the SDK (registered first: on_error may come at once)."""
+    def _deliver(
+        self, client: PostHogClient, request: list[tuple[int, str]], reasons: list[str | None]
+    ) -> str | None:
+        """Flush what `request` queued and record each event's fate in `reasons`.
+
+        Returns None when the SDK finished in time. Otherwise the reason for the messages of
+        the batch not handed over yet: the events the SDK had not started to send are taken
+        back out of its queue, the ones in the request it is still busy with may arrive.
+        """
+        budget = self._delivery_budget()
+        client.flush(timeout_seconds=budget)
+        unanswered, withdrawn = _withdraw(client, [event_id for _, event_id in request])
+        answered = len(request) - unanswered  # the SDK sends in queue order, one request at once
+        late = f"PostHog had not answered after {budget:.1f} s (the event may still arrive)"
+        not_sent = f"not sent: PostHog had not answered an earlier request after {budget:.1f} s"
+        with self._lock:
+            for position, (index, event_id) in enumerate(request):
+                if position < answered:
+                    reasons[index] = self._refused.get(event_id)
+                elif position < len(request) - withdrawn:
+                    reasons[index] = late
+                else:
+                    reasons[index] = not_sent
+            for _, event_id in request:
+                self._refused.pop(event_id, None)
+                self._release(event_id)
+        return not_sent if unanswered else None
+
+    def _release(self, event_id: str) -> None:
+        """One event of ours with this uuid is no longer in the SDK (another may be)."""
+        left = self._pending.get(event_id, 0) - 1
+        if left > 0:
+            self._pending[event_id] = left
+        else:
+            self._pending.pop(event_id, None)
+
+    def _submit(self, client: PostHogClient, message: Message) -> tuple[str, int]:
+        """Queue one message in the SDK (registered first: on_error may come at once).
+
+        Returns the event uuid and its size in bytes.
+        """
         call = to_posthog(message, self.options.group_type)
         _, derived = event_uuid(message.message_id)
         with self._lock:
-            self._pending.setdefault(call.uuid, []).append(message.message_id)
+            self._pending[call.uuid] = self._pending.get(call.uuid, 0) + 1
             if derived:
                 self._derived[call.uuid] = message.message_id
+        self._size = 0
         if self._send(client, call) is None:
             with self._lock:
-                self._pending.pop(call.uuid, None)
+                self._release(call.uuid)  # only this message's: another may share the uuid
                 size = self._oversized.pop(call.uuid, None)
             if size is not None:
                 raise RejectedMessage(
@@ -232,6 +295,7 @@ class PostHogIntegration(Integration[PostHogOptions]):
                 "PostHog's SDK did not queue the event (queue full, shut down, or dropped "
                 "by the SDK; see the 'posthog' logger)"
             )
+        return call.uuid, self._size
 
     def _send(self, client: PostHogClient, call: PostHogCall) -> str | None:
         """The SDK call for one mapped message; the event uuid, or None if it was not queued."""
@@ -283,6 +347,7 @@ class PostHogIntegration(Integration[PostHogOptions]):
             with self._lock:
                 self._oversized[event_id] = size
             return None
+        self._size = size
         return event
 
     def _on_error(self, error: Exception, batch: list[dict[str, Any]]) -> None:
@@ -311,11 +376,38 @@ class PostHogIntegration(Integration[PostHogOptions]):
         return text[:_REASON_CHARS]
 
     def _delivery_budget(self) -> float:
-        """Seconds the SDK may need for one batch: every attempt, connect retry and wait."""
+        """Seconds the SDK may need for one request: every attempt, connect retry and wait."""
         options = self.options
         attempts = options.max_retries + 1
         per_attempt = _CONNECTS_PER_ATTEMPT * options.timeout
         return attempts * per_attempt + options.max_retries * _BACKOFF_CEILING + 1.0
+
+
+def _withdraw(client: PostHogClient, request: list[str]) -> tuple[int, int]:
+    """After flushing `request` (event uuids): how many of its events the SDK has not finished,
+    and how many of those were still in its queue, now taken out so they are never sent."""
+    ours = set(request)
+    queue = client.queue
+    with queue.mutex:  # the consumer takes events and acknowledges them under this lock
+        unfinished = queue.unfinished_tasks
+        if not unfinished:
+            return 0, 0
+        kept = [
+            event
+            for event in queue.queue
+            if not (isinstance(event, dict) and str(event.get("uuid")) in ours)
+        ]
+        withdrawn = len(queue.queue) - len(kept)
+        if withdrawn:
+            queue.queue.clear()
+            queue.queue.extend(kept)
+            queue.unfinished_tasks -= withdrawn
+            if not queue.unfinished_tasks:
+                queue.all_tasks_done.notify_all()
+            queue.not_full.notify_all()
+    # Events of an earlier request still unanswered (a batch that timed out) come first in
+    # the SDK's order: while one of them is left, none of ours was answered.
+    return min(len(request), unfinished), withdrawn
 
 
 def _retryable(error: Exception) -> bool:

@@ -18,15 +18,15 @@ import posthog.capture_v1
 import pytest
 from analytics_sdk_posthog import (
     DEFAULT_HOST,
-    PostHogDeliveryTimeout,
     PostHogIntegration,
     PostHogOptions,
 )
 from analytics_sdk_posthog._mapping import event_uuid
 from conftest import MakeClient
-from posthog.consumer import MAX_MSG_SIZE
+from posthog.consumer import BATCH_SIZE_LIMIT, MAX_MSG_SIZE
 from pydantic import ValidationError
-from support.servers import DataPlane, Reply, _Handler
+from support.processes import run_script
+from support.servers import DataPlane, Reply, Request, _Handler
 
 from analytics_sdk import AnalyticsError
 from analytics_sdk.integration import Integration, IntegrationOptions, RejectedMessage
@@ -409,15 +409,15 @@ def test_a_request_timeout_is_retried_then_rejected(fake: FakePostHog) -> None:
     assert len(fake.requests) == 2
 
 
-def test_a_batch_the_sdk_cannot_finish_in_time_fails_and_shutdown_stays_bounded(
+def test_a_batch_the_sdk_cannot_finish_in_time_is_rejected_and_shutdown_stays_bounded(
     fake: FakePostHog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.respond = lambda request: Reply(hang=True)  # until the server stops
     integration = posthog_integration(fake, timeout=30)
     monkeypatch.setattr(integration, "_delivery_budget", lambda: 0.3)
     integration.setup()
-    with pytest.raises(PostHogDeliveryTimeout, match=r"held 1 event\(s\) after 0.3 s"):
-        integration.handle_batch([message(type="track", event="Stuck")])
+    (rejected,) = integration.handle_batch([message(type="track", event="Stuck")])
+    assert rejected.reason == "PostHog had not answered after 0.3 s (the event may still arrive)"
     assert integration.flush(0.1) is False  # it really is still in the SDK
     started = time.monotonic()
     integration.shutdown(0.5)
@@ -439,6 +439,167 @@ def test_a_message_is_counted_exactly_once_when_the_batch_mixes_fates(
     assert counters["handled"] + counters["rejected"] + counters["failed"] == 2
     assert (counters["handled"], counters["rejected"]) == (1, 1)
     assert [e["event"] for e in fake.events] == ["Second"]
+
+
+def big_events(count: int) -> list[Message]:
+    """Events of ~600 kB each (under PostHog's 900 KiB limit): 9 of them fill a request."""
+    blob = "x" * 600_000
+    return [
+        message(type="track", event=f"Big {n}", properties={"blob": blob}) for n in range(count)
+    ]
+
+
+class Gate:
+    """A fake PostHog's answers: the first `passes` requests at once, later ones only once the
+    test opens the gate (or 10 s passed)."""
+
+    def __init__(self, passes: int = 0) -> None:
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+        self._passes = passes
+
+    def __call__(self, request: Request) -> None:
+        with self._lock:
+            self._passes -= 1
+            held = self._passes < 0
+        if held:
+            self.opened.wait(10)
+
+
+def test_a_batch_over_5_mib_gets_the_time_bound_once_per_request(
+    fake: FakePostHog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK sends at most 5 MiB per request: a big batch takes several, one after another."""
+    fake.respond = lambda request: Reply(delay=0.4)  # every request; the bound is 1 s
+    integration = posthog_integration(fake, maxRetries=0, gzip=False)
+    monkeypatch.setattr(integration, "_delivery_budget", lambda: 1.0)
+    integration.setup()
+    try:
+        messages = big_events(30)  # 18 MB: four requests, 1.6 s in all
+        assert integration.handle_batch(messages) == []
+    finally:
+        integration.shutdown(2.0)
+    assert len(fake.requests) >= 4
+    assert all(len(r.body) < BATCH_SIZE_LIMIT + MAX_MSG_SIZE for r in fake.requests)
+    assert sorted(e["uuid"] for e in fake.events) == sorted(m.message_id for m in messages)
+
+
+def test_a_request_that_outlives_its_bound_rejects_only_what_posthog_did_not_take(
+    fake: FakePostHog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests answered before count as delivered; nothing after is ever sent uncounted."""
+    gate = fake.respond = Gate(passes=1)  # the first request is answered, the second waits
+    integration = posthog_integration(fake, maxRetries=0, gzip=False)
+    monkeypatch.setattr(integration, "_delivery_budget", lambda: 0.5)
+    integration.setup()
+    try:
+        messages = big_events(20)
+        rejected = integration.handle_batch(messages)
+        gate.opened.set()
+        assert integration.flush(5.0) is True  # the late request was answered, nothing else
+    finally:
+        gate.opened.set()
+        integration.shutdown(2.0)
+    first, second = ([e["uuid"] for e in r.batch] for r in fake.requests)
+    reasons = {r.message_id: r.reason for r in rejected}
+    never_sent = [m.message_id for m in messages if m.message_id not in first + second]
+    assert first
+    assert second
+    assert never_sent
+    late = "PostHog had not answered after 0.5 s (the event may still arrive)"
+    not_sent = "not sent: PostHog had not answered an earlier request after 0.5 s"
+    assert reasons == {**dict.fromkeys(second, late), **dict.fromkeys(never_sent, not_sent)}
+    assert len(fake.requests) == 2
+    assert sorted(e["uuid"] for e in fake.events) == sorted(first + second)
+
+
+def test_a_batch_queued_behind_an_unanswered_request_is_taken_back_not_sent_later(
+    fake: FakePostHog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = fake.respond = Gate()
+    integration = posthog_integration(fake, maxRetries=0)
+    monkeypatch.setattr(integration, "_delivery_budget", lambda: 0.3)
+    integration.setup()
+    try:
+        held = message(type="track", event="Held")
+        (late,) = integration.handle_batch([held])
+        behind = [message(type="track", event="Behind"), message(type="track", event="Too")]
+        rejected = integration.handle_batch(behind)  # the SDK is still busy with "Held"
+        gate.opened.set()
+        assert integration.flush(5.0) is True
+    finally:
+        gate.opened.set()
+        integration.shutdown(2.0)
+    assert late.message_id == held.message_id
+    assert "may still arrive" in late.reason
+    assert [(r.message_id, r.reason) for r in rejected] == [
+        (m.message_id, "not sent: PostHog had not answered an earlier request after 0.3 s")
+        for m in behind
+    ]
+    assert [e["event"] for e in fake.events] == ["Held"]  # "Behind" never went out
+
+
+def test_a_refusal_is_reported_for_each_message_sharing_a_message_id(
+    started: PostHogIntegration, fake: FakePostHog
+) -> None:
+    """A second message with the same messageId that is not queued leaves the first counted."""
+    fake.respond = lambda request: Reply(status=400, body='{"detail": "invalid batch"}')
+    small = message(type="track", event="Small", messageId="same-id")
+    huge = message(
+        type="track", event="Huge", messageId="same-id", properties={"blob": "x" * MAX_MSG_SIZE}
+    )
+    rejected = started.handle_batch([small, huge])
+    assert [e["event"] for r in fake.requests for e in r.batch] == ["Small"]
+    assert [r.message_id for r in rejected] == ["same-id", "same-id"]
+    assert rejected[0].reason == "PostHog answered 400: invalid batch"
+    assert "over PostHog's 900 KiB limit" in rejected[1].reason
+
+
+def test_events_still_queued_at_exit_are_delivered_by_the_exit_flush(
+    fake: FakePostHog, data_plane: DataPlane
+) -> None:
+    """posthog's own exit hook must not close the SDK before analytics_sdk's exit flush."""
+    fake.respond = lambda request: Reply(delay=0.5) if "E0" in request.body.decode() else None
+    result = run_script(
+        """
+        import sys, threading
+        from analytics_sdk import Client
+        from analytics_sdk_posthog import PostHogIntegration, PostHogOptions
+
+        busy = threading.Event()
+
+        class Watched(PostHogIntegration):
+            def handle_batch(self, messages):
+                if any(getattr(m, "event", None) == "E0" for m in messages):
+                    busy.set()
+                return super().handle_batch(messages)
+
+        def on_error(error, messages):
+            print("ON_ERROR", error, flush=True)
+
+        options = PostHogOptions.model_validate(
+            {"teamApiKey": "phc_exit", "yourInstance": sys.argv[2], "maxRetries": 0})
+        client = Client("wk_test_key", sys.argv[1], integrations=[Watched(options)],
+                        on_error=on_error, shutdown_timeout=10)
+        client.track("u1", "First")
+        assert client.flush(timeout=10)  # the integration is set up: posthog.Client exists
+        client.track("u1", "E0")
+        assert busy.wait(10)  # E0's request is in flight (PostHog answers in 0.5 s) ...
+        for n in range(1, 20):
+            client.track("u1", f"E{n}")  # ... so these are still queued at exit
+        print("exiting", flush=True)
+        """,
+        data_plane.url,
+        fake.url,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exiting" in result.stdout
+    assert "ON_ERROR" not in result.stdout, result.stdout
+    assert sorted(e["event"] for e in fake.events) == sorted(
+        ["First", *(f"E{n}" for n in range(20))]
+    )
+    assert len(data_plane.events) == 21
 
 
 def test_the_wait_bound_covers_the_sdks_own_retry_schedule(fake: FakePostHog) -> None:
