@@ -6,10 +6,16 @@ destination (`apiKey`, `residencyServer`, `trackAllPages`, `trackProductsOnce`,
 only once the SDK has reported every event of the batch (its `Config(callback=...)`), so
 nothing stays buffered in the SDK and each message ends handled or rejected with the reason
 Amplitude gave. The mapping is in `_mapping.py`, the SDK hooks in `_delivery.py`.
+
+The SDK registers each client's `shutdown()` to run at exit, before atexit hooks: it would
+close the SDK before analytics_sdk's exit flush delivers what is still queued. The wrapper
+removes that hook; the exit flush ends with the wrapper's `shutdown()`.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -124,6 +130,7 @@ class AmplitudeIntegration(Integration[AmplitudeOptions]):
         if hasattr(amplitude, "EventLogLevel"):  # 1.3+: one INFO line per event is too many
             config.event_log_level = amplitude.EventLogLevel.DEBUG
         self._client: Any = amplitude.Amplitude(api_key, config)
+        _forget_exit_hook(self._client)
         self._closed = False
 
     def handle(self, message: Message) -> None:
@@ -187,6 +194,7 @@ class AmplitudeIntegration(Integration[AmplitudeOptions]):
                 "the Amplitude SDK did not stop within %.1f s; it ends in the background",
                 timeout,
             )
+        _forget_exit_hook(client)  # setup() did already: no path leaves the client held
 
     def _nudge(self) -> None:
         storage = self._storage.storage
@@ -197,3 +205,18 @@ class AmplitudeIntegration(Integration[AmplitudeOptions]):
         storage: OutcomeStorage | None = self._storage.storage
         if storage is not None:
             storage.pull_all()  # only abandoned events can be there: reported already
+
+
+def _forget_exit_hook(client: Any) -> None:
+    """Remove the exit hook `amplitude.Amplitude()` registers for `client` (and so keeps it).
+
+    The SDK registers `client.shutdown` with `threading._register_atexit`, which runs before
+    atexit hooks, or with `atexit` where that does not exist.
+    """
+    hook = client.shutdown
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        for registered in [h for h in hooks if getattr(h, "func", None) == hook]:
+            with contextlib.suppress(ValueError):  # removed by another thread meanwhile
+                hooks.remove(registered)
+    atexit.unregister(hook)

@@ -6,13 +6,17 @@ threads. Two paths of its own lose events without that callback: an "Invalid API
 while reading the answer, a 2xx whose body is not Amplitude's JSON). The storage below is the
 SDK's documented extension point (`Config(storage_provider=...)`); it hands us the SDK's
 workers, whose two methods we wrap on this one client so those events get a result too.
+Their thread pool is wrapped as well, so that the SDK still sends while the interpreter
+exits (analytics_sdk's exit flush).
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from amplitude.exception import InvalidAPIKeyError
@@ -238,3 +242,37 @@ def _hook_workers(workers: Any, outcomes: Outcomes) -> None:
     # Instance attributes shadow the methods on this client's objects only.
     processor.process_response = process_response
     workers.send = send_and_report
+    workers.threads_pool = _ExitSafePool(workers.threads_pool)
+
+
+class _ExitSafePool:
+    """The SDK's thread pool, still usable while the interpreter exits.
+
+    concurrent.futures refuses new work once threading's exit hooks have run, which is before
+    atexit hooks such as analytics_sdk's exit flush (and some Pythons refuse new threads
+    then). The SDK would drop what it is asked to send; the work runs on the calling thread
+    instead: the integration's worker for a flush, the SDK's consumer thread for a retry.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        try:
+            future: Future[Any] = self._pool.submit(fn, *args, **kwargs)
+            return future
+        except RuntimeError as exc:
+            # At exit the pool's own threads mark it shut down too; any other shutdown is
+            # its client's, and the SDK's own handling applies.
+            exiting = getattr(concurrent.futures.thread, "_shutdown", False)
+            if not (exiting or "interpreter shutdown" in str(exc)):
+                raise
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - the future carries it, as in the pool
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        self._pool.shutdown(*args, **kwargs)

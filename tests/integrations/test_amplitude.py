@@ -7,10 +7,12 @@ tick and the SDK's request timeout (both module constants), never by sleeping.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -24,6 +26,7 @@ from analytics_sdk_amplitude import (
 )
 from conftest import MakeClient
 from pydantic import ValidationError
+from support.processes import run_script
 from support.servers import DataPlane, Reply, Request
 
 from analytics_sdk import AnalyticsError
@@ -620,6 +623,83 @@ def test_a_message_the_sdk_drops_unsent_is_rejected(
     (entry,) = amp.handle_batch([message("track", event="Skipped")])
     assert "dropped the event before sending it" in entry.reason
     assert api.requests == []
+
+
+# -- exit and shutdown -------------------------------------------------------------------------
+
+
+def test_events_still_queued_at_exit_are_delivered_by_the_exit_flush(
+    api: DataPlane, data_plane: DataPlane
+) -> None:
+    """The SDK's own exit hook must not close it before analytics_sdk's exit flush, and the
+    SDK must still send once concurrent.futures refuses new work (threading's exit hooks)."""
+
+    def slow_first(request: Request) -> Reply:
+        reply = amplitude_ok(request)
+        if any(e["event_type"] == "E0" for e in request.json["events"]):
+            reply.delay = 0.5
+        return reply
+
+    api.respond = slow_first
+    result = run_script(
+        """
+        import sys, threading
+        from analytics_sdk import Client
+        from analytics_sdk_amplitude import AmplitudeIntegration, AmplitudeOptions
+
+        busy = threading.Event()
+
+        class Watched(AmplitudeIntegration):
+            def handle_batch(self, messages):
+                if any(getattr(m, "event", None) == "E0" for m in messages):
+                    busy.set()
+                return super().handle_batch(messages)
+
+        def on_error(error, messages):
+            print("ON_ERROR", error, flush=True)
+
+        options = AmplitudeOptions.model_validate({
+            "apiKey": "amp-exit-key", "serverUrl": sys.argv[2] + "/2/httpapi",
+            "maxRetries": 0, "timeout": 5})
+        client = Client("wk_test_key", sys.argv[1], integrations=[Watched(options)],
+                        on_error=on_error, shutdown_timeout=10)
+        client.track("u1", "First")
+        assert client.flush(timeout=10)  # the integration is set up: amplitude.Amplitude exists
+        client.track("u1", "E0")
+        assert busy.wait(10)  # E0's request is in flight (Amplitude answers in 0.5 s) ...
+        for n in range(1, 20):
+            client.track("u1", f"E{n}")  # ... so these are still queued at exit
+        print("exiting", flush=True)
+        """,
+        data_plane.url,
+        api.url,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exiting" in result.stdout
+    assert "ON_ERROR" not in result.stdout, result.stdout
+    assert sorted(e["event_type"] for e in accepted_events(api)) == sorted(
+        ["First", *(f"E{n}" for n in range(20))]
+    )
+    assert len(data_plane.events) == 21
+
+
+def test_the_sdks_exit_hook_is_removed_so_a_stopped_client_is_released(api: DataPlane) -> None:
+    before = set(threading.enumerate())
+    amp = integration(api)
+    amp.setup()
+    sdk_client = amp._client
+    exit_hooks = threading._threading_atexits  # type: ignore[attr-defined]  # run before atexit's
+    assert [h for h in exit_hooks if getattr(h, "func", None) == sdk_client.shutdown] == []
+    assert amp.handle_batch([message("track", event="E")]) == []
+    amp.shutdown(2.0)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=2.0)
+        assert not thread.is_alive()
+    collected = weakref.ref(sdk_client)
+    del sdk_client, amp  # what a restart drops: the SDK's exit hook would have kept it
+    gc.collect()
+    assert collected() is None
 
 
 # -- options -----------------------------------------------------------------------------------
