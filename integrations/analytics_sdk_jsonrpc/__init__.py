@@ -11,9 +11,15 @@ No extra to install: it uses requests, which analytics-sdk depends on already. T
 * Each call carries at most `batchSize` rows; the connector answers the ids it refused in
   `rejectedRows`, which are reported through `on_error`. A call that fails as a whole (HTTP
   error, JSON-RPC error, retries exhausted, an answer not understood) rejects all its rows.
+  Once a call found the connector unreachable (retries exhausted on timeouts, network errors
+  or 408/429/5xx), the rest of the batch is rejected with the same reason, unsent.
 
 HTTP 408/429/5xx and network errors are retried with exponential backoff and full jitter,
-up to `max_retries`; the retried request is the same, id included.
+up to `max_retries`; the retried request is the same, id included. `shutdown()` and
+`interrupt()` end a retry wait at once; after either, nothing more is sent.
+
+Header values, the `configuration`'s strings and the URL's user:password are secrets here:
+they are masked (`***`) in every reason and log line, whatever the connector echoes.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import backoff
 import requests
@@ -40,7 +46,13 @@ from pydantic.alias_generators import to_camel
 
 from analytics_sdk import __version__
 from analytics_sdk.errors import IntegrationUnavailableError
-from analytics_sdk.integration import Integration, IntegrationOptions, Rejected, RejectedMessage
+from analytics_sdk.integration import (
+    Integration,
+    IntegrationContext,
+    IntegrationOptions,
+    Rejected,
+    RejectedMessage,
+)
 from analytics_sdk.models import Message
 
 __all__ = [
@@ -66,6 +78,8 @@ _BACKOFF_BASE = 0.5  # seconds before the first retry, before jitter
 _BACKOFF_CAP = 30.0  # seconds: the longest step
 _MAX_TEXT = 300  # characters kept of a text the connector sends (errors, reasons)
 _MAX_ERRORS = 10  # validate errors shown
+_MIN_SECRET = 4  # shorter values are not masked: masking "a" would shred every text
+_MAX_DEPTH = 16  # how deep configuration values are searched for strings to mask
 
 
 class JsonRpcHeader(BaseModel):
@@ -152,11 +166,16 @@ def _errors(value: Any) -> list[str]:
 
 
 class _CallFailedError(Exception):
-    """A call that brought no usable result; `reason` says why (never a secret)."""
+    """A call that brought no usable result; `reason` says why (never a secret).
 
-    def __init__(self, reason: str) -> None:
+    `unreachable`: the connector did not answer usefully after every attempt (timeouts,
+    network errors, 408/429/5xx) or a stop came: the rest of the batch is not sent.
+    """
+
+    def __init__(self, reason: str, *, unreachable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.unreachable = unreachable
 
 
 def _explain(exc: ValidationError) -> str:
@@ -173,6 +192,38 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
+def _secrets(options: JsonRpcOptions) -> list[str]:
+    """What must never reach a reason or a log line, longest first (so a header value goes
+    before the token inside it): header values and their credential part ("Bearer <token>"
+    -> the token too), every string in `configuration` (nested), the URL's user and password.
+    """
+    found: set[str] = set()
+    for header in options.headers:
+        value = header.value.get_secret_value()
+        found.add(value)
+        found.update(value.split()[1:])  # "Bearer t0ken", "Basic dXNlcjpw": the credential
+    found.update(_strings(options.configuration))
+    parts = urlsplit(options.url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        found.add(userinfo)
+        found.update(userinfo.split(":", 1))
+        found.update(unquote(part) for part in userinfo.split(":", 1))
+    return sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True)
+
+
+def _strings(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in a JSON-like value: dict values (not keys) and list items, nested."""
+    if isinstance(value, str):
+        yield value
+    elif depth < _MAX_DEPTH and isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif depth < _MAX_DEPTH and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item, depth + 1)
+
+
 # -- the integration -------------------------------------------------------------------------
 
 
@@ -186,9 +237,15 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
     batch_size = MAX_BATCH_SIZE  # the factory's batch; calls carry the connector's batchSize
     supported_types = frozenset(OPERATIONS)  # alias: no operation takes it
 
+    def __init__(self, options: JsonRpcOptions, context: IntegrationContext | None = None) -> None:
+        super().__init__(options, context)
+        # Set by shutdown() or interrupt(): ends a retry wait at once, and nothing is sent
+        # after it. Made here, not in setup(): interrupt() may come first and must stick.
+        self._stop = threading.Event()
+        self._secrets = _secrets(options)
+
     def setup(self) -> None:
         self._session = requests.Session()
-        self._stop = threading.Event()
         self._ids = itertools.count(1)
         self._headers = {
             "Content-Type": "application/json",
@@ -206,7 +263,7 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
             raise
         if errors:
             self._session.close()
-            shown = "; ".join(_clip(e) for e in errors[:_MAX_ERRORS])
+            shown = "; ".join(self._text(e) for e in errors[:_MAX_ERRORS])
             more = f" (and {len(errors) - _MAX_ERRORS} more)" if len(errors) > _MAX_ERRORS else ""
             raise IntegrationUnavailableError(
                 f"the connector refused the configuration: {shown}{more}"
@@ -244,16 +301,34 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
             else:
                 groups.setdefault(operation, []).append(message)
         size = self._behavior.batch_size
+        down: str | None = None  # the connector proved unreachable: send nothing more
+        unsent: dict[str, int] = {}
         for operation, group in groups.items():
             for start in range(0, len(group), size):
-                rejected.extend(self._write(operation, group[start : start + size]))
+                chunk = group[start : start + size]
+                if down is not None:
+                    rejected.extend(Rejected(message.message_id, down) for message in chunk)
+                    unsent[operation] = unsent.get(operation, 0) + len(chunk)
+                    continue
+                refused, down = self._write(operation, chunk)
+                rejected.extend(refused)
+        if unsent:
+            self.logger.warning(
+                "%s not sent: the connector is unreachable (%s)",
+                ", ".join(f"{count} {operation} row(s)" for operation, count in unsent.items()),
+                down,
+            )
         return rejected
 
+    def interrupt(self) -> None:
+        """The factory stopped waiting (from another thread): end a retry wait at once and
+        send nothing more; the handler in progress rejects what it could not send."""
+        self._stop.set()
+
     def shutdown(self, timeout: float) -> None:
-        stop: threading.Event | None = getattr(self, "_stop", None)
+        self._stop.set()  # ends a backoff wait at once
         session: requests.Session | None = getattr(self, "_session", None)
-        if stop is not None and session is not None:  # None: setup() never ran
-            stop.set()  # ends a backoff wait at once
+        if session is not None:  # None: setup() never ran
             session.close()
 
     # -- calls -------------------------------------------------------------------------------
@@ -264,32 +339,41 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
             return parse(self._call(method, params))
         except _CallFailedError as exc:
             raise IntegrationUnavailableError(
-                f"the connector is not usable: {exc.reason}"
+                self._scrub(f"the connector is not usable: {exc.reason}")
             ) from None
         except ValidationError as exc:
             raise IntegrationUnavailableError(
-                f"the connector's answer to {method} is not understood: {_explain(exc)}"
+                self._scrub(
+                    f"the connector's answer to {method} is not understood: {_explain(exc)}"
+                )
             ) from None
 
-    def _write(self, operation: str, chunk: Sequence[Message]) -> list[Rejected]:
-        """One add or change call; the rows it did not deliver, with why."""
+    def _write(self, operation: str, chunk: Sequence[Message]) -> tuple[list[Rejected], str | None]:
+        """One add or change call: the rows it did not deliver, with why, and the reason
+        when the connector proved unreachable (else None)."""
         params = {
             "idColumn": ID_COLUMN,
             "configuration": self.options.configuration,
             "rows": [message.to_wire() for message in chunk],
         }
+        down: str | None = None
         try:
             result = _WriteResult.model_validate(self._call(operation, params))
         except _CallFailedError as exc:
-            reason = exc.reason
+            reason = self._scrub(exc.reason)
+            down = reason if exc.unreachable else None
         except ValidationError as exc:
-            reason = f"the connector's answer to {operation} is not understood: {_explain(exc)}"
+            reason = self._scrub(
+                f"the connector's answer to {operation} is not understood: {_explain(exc)}"
+            )
         else:
             ids = {message.message_id for message in chunk}
             refused: dict[str, str] = {}
             for row in result.rejected_rows:
                 if row.id in ids:
-                    refused.setdefault(row.id, f"the connector refused it: {_clip(row.reason)}")
+                    refused.setdefault(
+                        row.id, f"the connector refused it: {self._text(row.reason)}"
+                    )
             strays = len({row.id for row in result.rejected_rows} - ids)
             if strays:
                 self.logger.warning(
@@ -297,9 +381,25 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
                     operation,
                     strays,
                 )
-            return [Rejected(message_id, reason) for message_id, reason in refused.items()]
+            # One per message, not per id: two rows sharing a refused id are both refused.
+            return [
+                Rejected(message.message_id, refused[message.message_id])
+                for message in chunk
+                if message.message_id in refused
+            ], None
         self.logger.warning("%d %s row(s) not delivered: %s", len(chunk), operation, reason)
-        return [Rejected(message.message_id, reason) for message in chunk]
+        return [Rejected(message.message_id, reason) for message in chunk], down
+
+    def _scrub(self, text: str) -> str:
+        """`text` with every secret of the options (see `_secrets`) replaced by `***`."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _text(self, text: str) -> str:
+        """A text the connector sent, for a reason: masked first, then clipped (clipping
+        first could cut a secret in two, and leave half of it)."""
+        return _clip(self._scrub(text))
 
     def _call(self, method: str, params: dict[str, Any]) -> Any:
         """The result of one JSON-RPC call, retried on transport failures; else _CallFailedError."""
@@ -311,6 +411,12 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
         attempts = self.options.max_retries + 1
         problem = ""
         for attempt in range(1, attempts + 1):
+            if self._stop.is_set():  # interrupted, or shut down: the deadline has passed
+                if attempt == 1:
+                    raise _CallFailedError(f"shutdown before {method} was sent", unreachable=True)
+                raise _CallFailedError(
+                    f"shutdown while retrying {method} ({problem})", unreachable=True
+                )
             try:
                 response = self._session.post(
                     self.options.url, data=body, headers=self._headers, timeout=self.options.timeout
@@ -320,35 +426,41 @@ class JsonRpcIntegration(Integration[JsonRpcOptions]):
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return _result(method, request_id, response.content)
+                    return self._result(method, request_id, response.content)
                 if status not in _RETRY_STATUSES:
                     raise _CallFailedError(f"the connector answered {method} with HTTP {status}")
                 problem = f"HTTP {status}"
             if attempt == attempts:
                 break
             if self._stop.wait(backoff.full_jitter(next(waits))):
-                raise _CallFailedError(f"shutdown while retrying {method} ({problem})")
-        raise _CallFailedError(f"{method} failed after {attempts} attempt(s) ({problem})")
-
-
-def _result(method: str, request_id: int, content: bytes) -> Any:
-    """The `result` of a JSON-RPC response body, or _CallFailedError saying what was wrong."""
-    try:
-        response = _Response.model_validate_json(content)
-    except ValidationError as exc:
+                raise _CallFailedError(
+                    f"shutdown while retrying {method} ({problem})", unreachable=True
+                )
         raise _CallFailedError(
-            f"the connector's answer to {method} is not a JSON-RPC 2.0 response: {_explain(exc)}"
-        ) from None
-    if response.error is not None:
-        error = response.error
-        raise _CallFailedError(
-            f"the connector answered {method} with JSON-RPC error {error.code}: "
-            f"{_clip(error.message)}"
+            f"{method} failed after {attempts} attempt(s) ({problem})", unreachable=True
         )
-    if response.id != request_id:
-        raise _CallFailedError(
-            f"the connector's answer to {method} has id {response.id!r}, not {request_id}"
-        )
-    if "result" not in response.model_fields_set:
-        raise _CallFailedError(f"the connector's answer to {method} has neither result nor error")
-    return response.result
+
+    def _result(self, method: str, request_id: int, content: bytes) -> Any:
+        """The `result` of a JSON-RPC response body, or _CallFailedError saying what was wrong."""
+        try:
+            response = _Response.model_validate_json(content)
+        except ValidationError as exc:
+            raise _CallFailedError(
+                f"the connector's answer to {method} is not a JSON-RPC 2.0 response: "
+                f"{_explain(exc)}"
+            ) from None
+        if response.error is not None:
+            error = response.error
+            raise _CallFailedError(
+                f"the connector answered {method} with JSON-RPC error {error.code}: "
+                f"{self._text(error.message)}"
+            )
+        if response.id != request_id:
+            raise _CallFailedError(
+                f"the connector's answer to {method} has id {response.id!r}, not {request_id}"
+            )
+        if "result" not in response.model_fields_set:
+            raise _CallFailedError(
+                f"the connector's answer to {method} has neither result nor error"
+            )
+        return response.result

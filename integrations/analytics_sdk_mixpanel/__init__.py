@@ -12,7 +12,8 @@ endpoint, and its exception names a batch, not the messages in it. Sending each 
 ourselves gives an exact answer per message and leaves nothing buffered after a handler
 returns. The SDK's urllib3 retries are off (`retry_limit=0`): they honour a `Retry-After` of
 up to six hours and cannot be interrupted; this wrapper retries timeouts, connection errors
-and 5xx itself, a bounded number of times, with jittered backoff that `shutdown()` ends.
+and 5xx itself, a bounded number of times, with jittered backoff that `shutdown()` or
+`interrupt()` ends; once either was called nothing more is sent (what is left is rejected).
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ class MixpanelIntegration(Integration[MixpanelOptions]):
 
     def __init__(self, options: MixpanelOptions, context: IntegrationContext | None = None) -> None:
         super().__init__(options, context)
-        self._stop = threading.Event()  # set by shutdown(): ends a retry wait at once
+        # Set by shutdown() or interrupt(): ends a retry wait at once, and nothing is sent
+        # after it. Made here, not in setup(): interrupt() may come first and must stick.
+        self._stop = threading.Event()
         self._consumer: Any = None
 
     def setup(self) -> None:
@@ -194,32 +197,39 @@ class MixpanelIntegration(Integration[MixpanelOptions]):
             raise RejectedMessage(rejected.reason)
 
     def handle_batch(self, messages: Sequence[Message]) -> list[Rejected]:
-        reasons: dict[str, str] = {}  # messageId -> why it did not (fully) reach Mixpanel
-        by_endpoint: dict[str, list[Record]] = {}
-        for message in messages:
+        # Outcomes by position in `messages`, not by messageId: two messages may share one
+        # (a replayed message next to another), and each is answered for itself.
+        reasons: dict[int, str] = {}  # position -> why it did not (fully) reach Mixpanel
+        by_endpoint: dict[str, list[tuple[int, Record]]] = {}
+        for position, message in enumerate(messages):
             try:
                 records = self._mapper.records(message)
             except RejectedMessage as exc:
-                reasons[message.message_id] = exc.reason
+                reasons[position] = exc.reason
                 continue
             for record in records:
-                by_endpoint.setdefault(record.endpoint, []).append(record)
-        for endpoint, records in by_endpoint.items():
+                by_endpoint.setdefault(record.endpoint, []).append((position, record))
+        for endpoint, placed in by_endpoint.items():
             down: str | None = None  # this endpoint was unreachable: do not wait on it again
-            for start in range(0, len(records), MAX_RECORDS):
-                chunk = records[start : start + MAX_RECORDS]
+            for start in range(0, len(placed), MAX_RECORDS):
+                chunk = placed[start : start + MAX_RECORDS]
                 reason = down
                 if reason is None:
-                    reason, unreachable = self._send(endpoint, chunk)
+                    reason, unreachable = self._send(endpoint, [record for _, record in chunk])
                     down = reason if unreachable else None
                 if reason is not None:
-                    for record in chunk:
-                        reasons.setdefault(record.message_id, reason)
+                    for position, _ in chunk:
+                        reasons.setdefault(position, reason)
         return [
-            Rejected(m.message_id, reasons[m.message_id])
-            for m in messages
-            if m.message_id in reasons
+            Rejected(message.message_id, reasons[position])
+            for position, message in enumerate(messages)
+            if position in reasons
         ]
+
+    def interrupt(self) -> None:
+        """The factory stopped waiting (from another thread): end a retry wait at once and
+        send nothing more; the handler in progress rejects what it could not send."""
+        self._stop.set()
 
     def shutdown(self, timeout: float) -> None:
         self._stop.set()
@@ -238,6 +248,10 @@ class MixpanelIntegration(Integration[MixpanelOptions]):
         attempts = self.options.max_retries + 1
         problem = ""
         for attempt in range(1, attempts + 1):
+            if self._stop.is_set():  # interrupted, or shut down: the deadline has passed
+                if attempt == 1:
+                    return f"shutdown before sending to Mixpanel {path}", True
+                return f"shutdown while retrying Mixpanel {path} ({problem})", True
             try:
                 self._consumer.send(
                     endpoint, body, api_secret=secret.get_secret_value() if secret else None

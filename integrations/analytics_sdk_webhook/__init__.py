@@ -4,6 +4,7 @@ No extra to install: it uses requests, which analytics-sdk depends on already. O
 RudderStack's Webhook destination (`webhookUrl`, `webhookMethod`, `headers` as
 `[{"from": name, "to": value}]`); 408/429/5xx and network errors are retried with
 exponential backoff and full jitter, other 4xx are rejected (reported through on_error).
+`shutdown()` and `interrupt()` end a retry wait at once; after either, nothing more is sent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from analytics_sdk import __version__
-from analytics_sdk.integration import Integration, IntegrationOptions, Rejected, RejectedMessage
+from analytics_sdk.integration import (
+    Integration,
+    IntegrationContext,
+    IntegrationOptions,
+    Rejected,
+    RejectedMessage,
+)
 from analytics_sdk.models import Message
 
 __all__ = ["WebhookHeader", "WebhookIntegration", "WebhookOptions"]
@@ -64,9 +71,14 @@ class WebhookIntegration(Integration[WebhookOptions]):
     options_model = WebhookOptions
     batch_size = 20
 
+    def __init__(self, options: WebhookOptions, context: IntegrationContext | None = None) -> None:
+        super().__init__(options, context)
+        # Set by shutdown() or interrupt(): ends a retry wait at once, and nothing is sent
+        # after it. Made here, not in setup(): interrupt() may come first and must stick.
+        self._stop = threading.Event()
+
     def setup(self) -> None:
         self._session = requests.Session()
-        self._stop = threading.Event()
         self._headers = {
             "Content-Type": "application/json",
             "User-Agent": f"analytics-sdk-python/{__version__} (webhook)",
@@ -90,9 +102,16 @@ class WebhookIntegration(Integration[WebhookOptions]):
                 rejected.append(Rejected(message.message_id, reason))
         return rejected
 
+    def interrupt(self) -> None:
+        """The factory stopped waiting (from another thread): end a retry wait at once and
+        send nothing more; the handler in progress rejects what it could not send."""
+        self._stop.set()
+
     def shutdown(self, timeout: float) -> None:
         self._stop.set()  # ends a backoff wait at once
-        self._session.close()
+        session: requests.Session | None = getattr(self, "_session", None)
+        if session is not None:  # None: setup() never ran
+            session.close()
 
     def _send(self, payload: Any) -> str | None:
         """None when the receiver took it; else why it was not delivered."""
@@ -100,7 +119,11 @@ class WebhookIntegration(Integration[WebhookOptions]):
         waits = backoff.expo(base=2, factor=_BACKOFF_BASE, max_value=_BACKOFF_CAP)
         next(waits)  # backoff's generators are primed once before use
         problem = ""
-        for _attempt in range(self.options.max_retries + 1):
+        for attempt in range(self.options.max_retries + 1):
+            if self._stop.is_set():  # interrupted, or shut down: the deadline has passed
+                return (
+                    f"shutdown while retrying ({problem})" if attempt else "shutdown before sending"
+                )
             try:
                 response = self._session.request(
                     self.options.webhook_method,

@@ -251,7 +251,8 @@ def test_rejected_rows_are_reported_through_on_error(
     assert list(reports.by_id()) == [bad]
     ((error, messages),) = reports.errors
     assert error.reason == "rejected_by_integration"
-    assert "missing required field properties.orderId" in str(error)
+    # The connector quotes its configuration, which is masked like any secret (README).
+    assert str(error).endswith("the connector refused it: missing required field ***")
     assert messages[0]["properties"] == {"total": 3}
     assert client.stats().integrations["jsonrpc"] == {
         "handled": 1, "failed": 0, "rejected": 1, "dropped": 0,
@@ -582,6 +583,188 @@ def test_shutdown_ends_a_retry_wait_at_once(
     worker.join(timeout=5)
     assert not worker.is_alive()
     assert outcome == ["shutdown while retrying add (HTTP 503)"]
+
+
+def worker_thread(key: str, before: set[threading.Thread]) -> threading.Thread:
+    """The integration's worker thread, started since `before` was taken."""
+    (thread,) = [
+        t
+        for t in threading.enumerate()
+        if t.name == f"analytics_sdk.integration.{key}" and t not in before
+    ]
+    return thread
+
+
+def test_a_shutdown_that_gives_up_interrupts_the_retries_and_the_worker_ends(
+    make_client: MakeClient, fake: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("backoff.full_jitter", lambda value: 60.0)  # only interrupt() cuts it
+    first_write = threading.Event()
+
+    def refuse(request: Request) -> Reply:
+        first_write.set()
+        return Reply(status=503)
+
+    answer_with(fake, refuse)
+    reports = Reports()
+    before = set(threading.enumerate())
+    client = make_client(integrations=[jsonrpc(fake.url, maxRetries=5)], on_error=reports)
+    first = client.track("u1", "First")
+    assert first_write.wait(5)
+    worker = worker_thread("jsonrpc", before)
+    queued = client.track("u1", "Queued Behind")  # waits behind the retrying handler
+
+    assert client.shutdown(timeout=0.5) is False  # the deadline passed: abandoned, interrupted
+    worker.join(timeout=3)
+
+    assert not worker.is_alive()  # the retry wait ended: the thread did not outlive shutdown
+    assert len(writes(fake)) == 1  # the first try only: nothing sent afterwards
+    assert first is not None
+    assert queued is not None
+    by_id = reports.by_id()
+    assert by_id[first].endswith("shutdown while retrying add (HTTP 503)")
+    assert by_id[queued].endswith("shutdown before add was sent")
+    counters = client.stats().integrations["jsonrpc"]
+    assert (counters["handled"], counters["rejected"]) == (0, 2)
+
+
+def test_interrupt_before_setup_sticks_and_nothing_is_sent(fake: DataPlane) -> None:
+    answer_with(fake, lambda request: result(request, {}))
+    jsonrpc(fake.url).shutdown(1)  # a worker that never started is shut down without setup()
+    integration = jsonrpc(fake.url)
+    integration.interrupt()  # the factory gave up before the worker even set it up
+    with pytest.raises(IntegrationUnavailableError) as info:
+        integration.setup()
+    integration.shutdown(1)
+    integration.interrupt()  # after shutdown too: harmless
+    assert str(info.value) == "the connector is not usable: shutdown before behavior was sent"
+    assert fake.requests == []
+
+
+# -- an unreachable connector, secrets, repeated ids ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "settings", "reason", "attempts"),
+    [
+        (Reply(hang=True), {"timeout": 0.2, "maxRetries": 0}, "(ReadTimeout)", 1),
+        (Reply(status=503), {"maxRetries": 1}, "(HTTP 503)", 2),
+    ],
+)
+def test_once_the_connector_is_unreachable_the_rest_of_the_batch_is_not_sent(
+    fake: DataPlane,
+    caplog: pytest.LogCaptureFixture,
+    reply: Reply,
+    settings: dict[str, Any],
+    reason: str,
+    attempts: int,
+) -> None:
+    answer_with(
+        fake, lambda request: reply, behavior={"batchSize": 1, "operations": ["add", "change"]}
+    )
+    identify = IdentifyMessage.model_validate({"messageId": "i-1", "userId": "u1"})
+    messages = [track(1), track(2), identify, track(3)]
+    integration = jsonrpc(fake.url, **settings)
+    integration.setup()
+    try:
+        rejected = integration.handle_batch(messages)
+    finally:
+        integration.shutdown(1)
+    assert len(writes(fake)) == attempts  # one call's attempts, not four calls' worth
+    assert [r.message_id for r in rejected] == ["m-1", "m-2", "m-3", "i-1"]
+    assert {r.reason for r in rejected} == {f"add failed after {attempts} attempt(s) {reason}"}
+    assert "2 add row(s), 1 change row(s) not sent: the connector is unreachable" in caplog.text
+
+
+def test_an_answer_fails_only_its_own_call(fake: DataPlane) -> None:
+    error = {"code": -32000, "message": "disk full"}
+    answer_with(
+        fake,
+        lambda request: Reply(
+            body=json.dumps({"jsonrpc": "2.0", "id": request.json["id"], "error": error})
+        ),
+        behavior={"batchSize": 1, "operations": ["add"]},
+    )
+    integration = jsonrpc(fake.url)
+    integration.setup()
+    try:
+        rejected = integration.handle_batch([track(1), track(2)])
+    finally:
+        integration.shutdown(1)
+    assert len(writes(fake)) == 2  # the connector answered: it is not down
+    assert len(rejected) == 2
+
+
+HEADER_TOKEN = "hdr-leak-token-1"
+CONF_SECRET = "conf-leak-secret-2"
+URL_PASSWORD = "url-leak-pass-3"
+SECRETS = (HEADER_TOKEN, CONF_SECRET, URL_PASSWORD)
+
+
+def test_secrets_the_connector_echoes_are_masked_in_reasons_and_logs(
+    fake: DataPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    def echo(request: Request) -> Reply:
+        """Echoes what it was sent: the header, the configuration, the URL's password."""
+        leak = (
+            f"key {request.headers.get('X-Api-Key')!r} token {HEADER_TOKEN} "
+            f"configuration {json.dumps(request.json['params']['configuration'])} "
+            f"password {URL_PASSWORD}"
+        )
+        row = request.json["params"]["rows"][0]["messageId"]
+        if row == "m-1":  # a JSON-RPC error quoting them
+            error = {"code": -32001, "message": leak}
+            return Reply(
+                body=json.dumps({"jsonrpc": "2.0", "id": request.json["id"], "error": error})
+            )
+        if row == "m-2":  # a refused row quoting them
+            return result(request, {"rejectedRows": [{"id": row, "reason": leak}]})
+        # A secret astride the 300-character cut: masked before clipping, so no half of it.
+        error = {"code": -32001, "message": "x" * 290 + HEADER_TOKEN}
+        return Reply(body=json.dumps({"jsonrpc": "2.0", "id": request.json["id"], "error": error}))
+
+    answer_with(fake, echo, behavior={"batchSize": 1, "operations": ["add"]})
+    url = fake.url.replace("http://", f"http://rpc-user:{URL_PASSWORD}@") + "/rpc"
+    integration = jsonrpc(
+        url,
+        headers=[{"from": "X-Api-Key", "to": f"Token {HEADER_TOKEN}"}],
+        configuration={"database": {"password": CONF_SECRET}, "tables": ["events"]},
+    )
+    integration.setup()
+    try:
+        rejected = integration.handle_batch([track(1), track(2), track(3)])
+    finally:
+        integration.shutdown(1)
+
+    assert len(rejected) == 3
+    texts = [r.reason for r in rejected] + [caplog.text]
+    for secret in SECRETS:
+        assert not any(secret in text for text in texts), secret
+    assert not any(HEADER_TOKEN[:6] in r.reason for r in rejected)  # not even a clipped half
+    assert "key '***' token ***" in rejected[0].reason
+    assert '{"database": {"password": "***"}, "tables": ["***"]}' in rejected[1].reason
+    assert "password ***" in rejected[0].reason
+
+
+def test_validate_errors_echoing_secrets_are_masked(fake: DataPlane) -> None:
+    answer_with(fake, lambda request: result(request, {}), errors=[f"bad password {CONF_SECRET}"])
+    integration = jsonrpc(fake.url, configuration={"password": CONF_SECRET})
+    with pytest.raises(IntegrationUnavailableError) as info:
+        integration.setup()
+    assert str(info.value) == "the connector refused the configuration: bad password ***"
+
+
+def test_rows_sharing_a_refused_id_are_each_rejected(connector: ConnectorServer) -> None:
+    first = track(1, messageId="X-1")
+    second = track(2, messageId="X-1")  # a replayed message next to another, same id
+    integration = jsonrpc(connector.url, configuration={"requiredFields": ["properties.orderId"]})
+    integration.setup()
+    try:
+        rejected = integration.handle_batch([first, second])
+    finally:
+        integration.shutdown(1)
+    assert connector.connector.stored() == []  # the connector refused both rows
+    assert [r.message_id for r in rejected] == ["X-1", "X-1"]  # so both are rejected
 
 
 # -- options ------------------------------------------------------------------------------

@@ -552,6 +552,78 @@ def test_shutdown_ends_a_retry_wait_at_once(
     assert rejected.reason.startswith("shutdown while retrying Mixpanel /track")
 
 
+def worker_thread(key: str, before: set[threading.Thread]) -> threading.Thread:
+    """The integration's worker thread, started since `before` was taken."""
+    (thread,) = [
+        t
+        for t in threading.enumerate()
+        if t.name == f"analytics_sdk.integration.{key}" and t not in before
+    ]
+    return thread
+
+
+def test_a_shutdown_that_gives_up_interrupts_the_retries_and_the_worker_ends(
+    make_client: MakeClient,
+    api: FakeMixpanel,
+    reports: list[AnalyticsError],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("backoff.full_jitter", lambda value: 60.0)  # only interrupt() cuts it
+    first_try = threading.Event()
+
+    def busy(request: Received) -> Answer:
+        first_try.set()
+        return Answer(503, "busy")
+
+    api.respond = busy
+    before = set(threading.enumerate())
+    integration = MixpanelIntegration(options(api, maxRetries=5))
+    client = make_client(integrations=[integration], on_error=collector(reports))
+    client.track("u1", "First")
+    assert first_try.wait(5)
+    worker = worker_thread("mixpanel", before)
+    client.track("u1", "Queued Behind")  # in the worker's queue, behind the retrying handler
+
+    assert client.shutdown(timeout=0.5) is False  # the deadline passed: abandoned, interrupted
+    worker.join(timeout=3)
+
+    assert not worker.is_alive()  # the retry wait ended: the thread did not outlive shutdown
+    assert len(api.requests_to("/track")) == 1  # the first try only: nothing sent afterwards
+    assert sorted(str(e).split(": ", 1)[1] for e in reports) == [
+        "shutdown before sending to Mixpanel /track",  # the queued one: rejected, unsent
+        "shutdown while retrying Mixpanel /track (HTTP 503)",
+    ]
+    counters = client.stats().integrations["mixpanel"]
+    assert (counters["handled"], counters["rejected"]) == (0, 2)
+
+
+def test_interrupt_before_setup_sticks_and_nothing_is_sent(api: FakeMixpanel) -> None:
+    integration = MixpanelIntegration(options(api))
+    integration.interrupt()  # the factory gave up before the worker even set it up
+    integration.setup()
+    try:
+        (rejected,) = integration.handle_batch([message("track", event="E")])
+    finally:
+        integration.shutdown(1.0)
+    integration.interrupt()  # after shutdown too: harmless
+    assert rejected.reason == "shutdown before sending to Mixpanel /track"
+    assert api.requests_to("/track") == []
+
+
+def test_messages_sharing_a_message_id_are_answered_each_for_itself(
+    make_mixpanel: MakeMixpanel, api: FakeMixpanel
+) -> None:
+    bought = message("track", messageId="X-1", event="Bought")
+    identify = message("identify", messageId="X-1", traits={"plan": "pro"})  # people is off
+
+    rejected = make_mixpanel().handle_batch([bought, identify])
+
+    assert [r["event"] for r in api.records("/track")] == ["Bought"]  # the track landed...
+    (only,) = rejected  # ...so only the identify is rejected, not both
+    assert only.message_id == "X-1"
+    assert only.reason.startswith("identify sends nothing to Mixpanel while people is off")
+
+
 # -- options and discovery ---------------------------------------------------------------------
 
 

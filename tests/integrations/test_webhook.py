@@ -9,10 +9,11 @@ from typing import Any, ClassVar
 import pytest
 from analytics_sdk_webhook import WebhookIntegration, WebhookOptions
 from conftest import MakeClient
-from support.servers import DataPlane, Reply
+from support.servers import DataPlane, Reply, Request
 
 from analytics_sdk import AnalyticsError
-from analytics_sdk.integration import Integration, IntegrationOptions
+from analytics_sdk.integration import Integration, IntegrationOptions, RejectedMessage
+from analytics_sdk.models import TrackMessage
 from analytics_sdk.testing import IntegrationContract
 
 
@@ -114,6 +115,67 @@ def test_a_refusal_is_reported_with_the_status(
     (error,) = reports
     assert error.reason == "rejected_by_integration"
     assert "HTTP 422" in str(error)
+
+
+def test_a_shutdown_that_gives_up_interrupts_the_retries_and_the_worker_ends(
+    make_client: MakeClient, receiver: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("backoff.full_jitter", lambda value: 60.0)  # only interrupt() cuts it
+    first_try = threading.Event()
+
+    def busy(request: Request) -> Reply:
+        first_try.set()
+        return Reply(status=503)
+
+    receiver.respond = busy
+    reports: list[AnalyticsError] = []
+    lock = threading.Lock()
+
+    def on_error(error: AnalyticsError, messages: list[dict[str, Any]]) -> None:
+        with lock:
+            reports.append(error)
+
+    before = set(threading.enumerate())
+    client = make_client(integrations=[webhook(receiver, maxRetries=5)], on_error=on_error)
+    client.track("u1", "First")
+    assert first_try.wait(5)
+    (worker,) = [
+        t
+        for t in threading.enumerate()
+        if t.name == "analytics_sdk.integration.webhook" and t not in before
+    ]
+    client.track("u1", "Queued Behind")  # waits behind the retrying handler
+
+    assert client.shutdown(timeout=0.5) is False  # the deadline passed: abandoned, interrupted
+    worker.join(timeout=3)
+
+    assert not worker.is_alive()  # the retry wait ended: the thread did not outlive shutdown
+    assert len(receiver.requests) == 1  # the first try only: nothing sent afterwards
+    assert sorted(str(e).split(": ", 1)[1] for e in reports) == [
+        "shutdown before sending",
+        "shutdown while retrying (HTTP 503)",
+    ]
+    counters = client.stats().integrations["webhook"]
+    assert (counters["handled"], counters["rejected"]) == (0, 2)
+
+
+def test_interrupt_and_shutdown_before_setup_are_safe_and_interrupt_sticks(
+    receiver: DataPlane,
+) -> None:
+    webhook(receiver).shutdown(1.0)  # a worker that never started is shut down without setup()
+    hook = webhook(receiver)
+    hook.interrupt()  # the factory gave up before the worker even set it up
+    hook.setup()
+    try:
+        with pytest.raises(RejectedMessage) as info:
+            hook.handle(
+                TrackMessage.model_validate({"messageId": "m-1", "userId": "u1", "event": "E"})
+            )
+    finally:
+        hook.shutdown(1.0)
+    hook.interrupt()  # after shutdown too: harmless
+    assert info.value.reason == "shutdown before sending"
+    assert receiver.requests == []
 
 
 def test_the_factory_discovers_and_enables_it_from_a_source_config(
