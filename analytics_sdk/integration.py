@@ -33,7 +33,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -55,6 +56,8 @@ __all__ = [
     "IntegrationOptions",
     "Rejected",
     "RejectedMessage",
+    "blank_is_unset",
+    "http_url",
 ]
 
 
@@ -74,6 +77,20 @@ class IntegrationOptions(BaseModel):
         validate_by_alias=True,
         hide_input_in_errors=True,  # str(ValidationError) would echo a rejected secret
     )
+
+
+def http_url(value: str) -> str:
+    """For an options validator: `value` if it is an http:// or https:// URL with a host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def blank_is_unset(value: Any) -> Any:
+    """For a `mode="before"` options validator: the control plane sends "" (or spaces) for a
+    text box left empty; that means unset (None), not an empty setting."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 OptionsT = TypeVar("OptionsT", bound=IntegrationOptions)

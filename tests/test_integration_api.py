@@ -153,3 +153,13 @@ def test_the_client_snapshot_parses_as_the_integration_will_see_it() -> None:
     message = parse_message(wire)
     assert isinstance(message, TrackMessage)
     assert message.properties == {"price": 9.99, "tags": ["a"]}
+
+
+def test_the_shared_option_checks() -> None:
+    from analytics_sdk.integration import blank_is_unset, http_url
+
+    assert http_url("https://api.example.com/x") == "https://api.example.com/x"
+    for bad in ("ftp://example.com", "https://", "example.com", "http://:80"):
+        with pytest.raises(ValueError, match="must be an http:// or https:// URL with a host"):
+            http_url(bad)
+    assert [blank_is_unset(v) for v in ("", "  ", "x", None, 0)] == [None, None, "x", None, 0]

@@ -20,12 +20,18 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import amplitude
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from analytics_sdk.integration import Integration, IntegrationOptions, Rejected, RejectedMessage
+from analytics_sdk.integration import (
+    Integration,
+    IntegrationOptions,
+    Rejected,
+    RejectedMessage,
+    blank_is_unset,
+    http_url,
+)
 from analytics_sdk.models import Message
 from analytics_sdk_amplitude._delivery import Outcomes, OutcomeStorage, OutcomeStorageProvider
 from analytics_sdk_amplitude._mapping import DEFAULT_GROUP_TYPE, PRODUCT_EVENT, EventMapper, Send
@@ -73,18 +79,13 @@ class AmplitudeOptions(IntegrationOptions):
     @field_validator("group_type_trait", "group_value_trait", "version_name", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        # The control plane sends "" for a text box left empty.
-        return None if isinstance(value, str) and not value.strip() else value
+        return blank_is_unset(value)
 
     @field_validator("server_url", mode="before")
     @classmethod
     def _http_url(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        parts = urlsplit(value) if isinstance(value, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        value = blank_is_unset(value)
+        return http_url(value) if isinstance(value, str) else value
 
     @field_validator(
         "traits_to_increment",

@@ -52,6 +52,7 @@ from analytics_sdk.integration import (
     IntegrationOptions,
     Rejected,
     RejectedMessage,
+    http_url,
 )
 from analytics_sdk.models import Message
 
@@ -101,10 +102,7 @@ class JsonRpcOptions(IntegrationOptions):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return http_url(value)
 
 
 # -- what the connector answers ----------------------------------------------------------------

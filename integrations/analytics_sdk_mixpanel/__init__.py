@@ -36,6 +36,7 @@ from analytics_sdk.integration import (
     IntegrationOptions,
     Rejected,
     RejectedMessage,
+    blank_is_unset,
 )
 from analytics_sdk.models import Message
 from analytics_sdk_mixpanel._mapping import Mapper, Record, insert_id
@@ -94,7 +95,7 @@ class MixpanelOptions(IntegrationOptions):
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+        return blank_is_unset(value)
 
     @field_validator("data_residency", mode="before")
     @classmethod

@@ -13,7 +13,6 @@ import json
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import backoff
 import requests
@@ -26,6 +25,7 @@ from analytics_sdk.integration import (
     IntegrationOptions,
     Rejected,
     RejectedMessage,
+    http_url,
 )
 from analytics_sdk.models import Message
 
@@ -56,10 +56,7 @@ class WebhookOptions(IntegrationOptions):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return http_url(value)
 
 
 class WebhookIntegration(Integration[WebhookOptions]):
