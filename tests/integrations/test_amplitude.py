@@ -26,13 +26,13 @@ from analytics_sdk_amplitude import (
 )
 from conftest import MakeClient
 from pydantic import ValidationError
-from support.processes import run_script
 from support.servers import DataPlane, Reply, Request
 
 from analytics_sdk import AnalyticsError
 from analytics_sdk.integration import Integration, IntegrationOptions, Rejected
 from analytics_sdk.models import Message, parse_message
 from analytics_sdk.testing import IntegrationContract
+from integrations.exit_flush import EXPECTED_EVENTS, run_exit_script
 
 API_KEY = "amp-secret-key-4242"
 JsonDict = dict[str, Any]
@@ -641,46 +641,17 @@ def test_events_still_queued_at_exit_are_delivered_by_the_exit_flush(
         return reply
 
     api.respond = slow_first
-    result = run_script(
-        """
-        import sys, threading
-        from analytics_sdk import Client
-        from analytics_sdk_amplitude import AmplitudeIntegration, AmplitudeOptions
-
-        busy = threading.Event()
-
-        class Watched(AmplitudeIntegration):
-            def handle_batch(self, messages):
-                if any(getattr(m, "event", None) == "E0" for m in messages):
-                    busy.set()
-                return super().handle_batch(messages)
-
-        def on_error(error, messages):
-            print("ON_ERROR", error, flush=True)
-
-        options = AmplitudeOptions.model_validate({
-            "apiKey": "amp-exit-key", "serverUrl": sys.argv[2] + "/2/httpapi",
-            "maxRetries": 0, "timeout": 5})
-        client = Client("wk_test_key", sys.argv[1], integrations=[Watched(options)],
-                        on_error=on_error, shutdown_timeout=10)
-        client.track("u1", "First")
-        assert client.flush(timeout=10)  # the integration is set up: amplitude.Amplitude exists
-        client.track("u1", "E0")
-        assert busy.wait(10)  # E0's request is in flight (Amplitude answers in 0.5 s) ...
-        for n in range(1, 20):
-            client.track("u1", f"E{n}")  # ... so these are still queued at exit
-        print("exiting", flush=True)
-        """,
+    result = run_exit_script(
         data_plane.url,
         api.url,
-        timeout=30,
+        "analytics_sdk_amplitude:AmplitudeIntegration",
+        {"apiKey": "amp-exit-key", "serverUrl": api.url + "/2/httpapi", "maxRetries": 0,
+         "timeout": 5},
     )
     assert result.returncode == 0, result.stderr
     assert "exiting" in result.stdout
     assert "ON_ERROR" not in result.stdout, result.stdout
-    assert sorted(e["event_type"] for e in accepted_events(api)) == sorted(
-        ["First", *(f"E{n}" for n in range(20))]
-    )
+    assert sorted(e["event_type"] for e in accepted_events(api)) == EXPECTED_EVENTS
     assert len(data_plane.events) == 21
 
 

@@ -25,13 +25,13 @@ from analytics_sdk_posthog._mapping import event_uuid
 from conftest import MakeClient
 from posthog.consumer import BATCH_SIZE_LIMIT, MAX_MSG_SIZE
 from pydantic import ValidationError
-from support.processes import run_script
 from support.servers import DataPlane, Reply, Request, _Handler
 
 from analytics_sdk import AnalyticsError
 from analytics_sdk.integration import Integration, IntegrationOptions, RejectedMessage
 from analytics_sdk.models import Message, parse_message
 from analytics_sdk.testing import IntegrationContract, sample_messages
+from integrations.exit_flush import EXPECTED_EVENTS, run_exit_script
 
 KEY = "phc_test_key_9f8e7d"
 JsonDict = dict[str, Any]
@@ -560,45 +560,16 @@ def test_events_still_queued_at_exit_are_delivered_by_the_exit_flush(
 ) -> None:
     """posthog's own exit hook must not close the SDK before analytics_sdk's exit flush."""
     fake.respond = lambda request: Reply(delay=0.5) if "E0" in request.body.decode() else None
-    result = run_script(
-        """
-        import sys, threading
-        from analytics_sdk import Client
-        from analytics_sdk_posthog import PostHogIntegration, PostHogOptions
-
-        busy = threading.Event()
-
-        class Watched(PostHogIntegration):
-            def handle_batch(self, messages):
-                if any(getattr(m, "event", None) == "E0" for m in messages):
-                    busy.set()
-                return super().handle_batch(messages)
-
-        def on_error(error, messages):
-            print("ON_ERROR", error, flush=True)
-
-        options = PostHogOptions.model_validate(
-            {"teamApiKey": "phc_exit", "yourInstance": sys.argv[2], "maxRetries": 0})
-        client = Client("wk_test_key", sys.argv[1], integrations=[Watched(options)],
-                        on_error=on_error, shutdown_timeout=10)
-        client.track("u1", "First")
-        assert client.flush(timeout=10)  # the integration is set up: posthog.Client exists
-        client.track("u1", "E0")
-        assert busy.wait(10)  # E0's request is in flight (PostHog answers in 0.5 s) ...
-        for n in range(1, 20):
-            client.track("u1", f"E{n}")  # ... so these are still queued at exit
-        print("exiting", flush=True)
-        """,
+    result = run_exit_script(
         data_plane.url,
         fake.url,
-        timeout=30,
+        "analytics_sdk_posthog:PostHogIntegration",
+        {"teamApiKey": "phc_exit", "yourInstance": fake.url, "maxRetries": 0},
     )
     assert result.returncode == 0, result.stderr
     assert "exiting" in result.stdout
     assert "ON_ERROR" not in result.stdout, result.stdout
-    assert sorted(e["event"] for e in fake.events) == sorted(
-        ["First", *(f"E{n}" for n in range(20))]
-    )
+    assert sorted(e["event"] for e in fake.events) == EXPECTED_EVENTS
     assert len(data_plane.events) == 21
 
 
