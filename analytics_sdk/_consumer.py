@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analytics_sdk._logging import logger
@@ -17,6 +18,7 @@ from analytics_sdk.errors import DeliveryError, Reason
 from analytics_sdk.options import ENVELOPE_BYTES, MESSAGE_OVERHEAD_BYTES, ClientOptions
 
 if TYPE_CHECKING:
+    from analytics_sdk._storage import Storage
     from analytics_sdk._transport import Transport
 
 TransportFactory = Callable[[ClientOptions, threading.Event], "Transport"]
@@ -46,8 +48,10 @@ def _check_threads_can_run() -> None:
     _threads_checked = True
     uwsgi = sys.modules.get("uwsgi")
     options = getattr(uwsgi, "opt", None)
-    if isinstance(options, dict) and not options.get("enable-threads") and not options.get(
-        "threads"
+    if (
+        isinstance(options, dict)
+        and not options.get("enable-threads")
+        and not options.get("threads")
     ):
         logger.warning(
             "uWSGI runs without Python threads: events are only sent at exit. Set "
@@ -62,6 +66,10 @@ class Consumer:
     each batch (delivered, split, or reported) before it takes the next, so the settled
     messages are always a prefix of the accepted ones: `flush()` waits for the number
     accepted before it was called, covering queued, partial and in-flight batches alike.
+
+    With `storage_path` the queue is a SQLite file instead of a deque (see _storage.py):
+    put() commits a row before it returns, batches are read from the file's head, and a
+    batch's rows are deleted once it is settled. Memory then holds counters only.
     """
 
     def __init__(
@@ -90,6 +98,11 @@ class Consumer:
         self._batch_bytes = options.max_batch_bytes - ENVELOPE_BYTES + 1
         self._closing = False
         self._reset_state()
+        self._store: Storage | None = None
+        self.recovered = 0  # messages an earlier process left in storage_path
+        self.storage_problem = ""  # why the last write to storage_path failed
+        if options.send and options.storage_path is not None:
+            self._open_store(options.storage_path)
         if options.send:
             # Import requests now, on the constructing thread, not lazily on the delivery
             # thread: a fork during that import would leave the child a half-initialized
@@ -118,14 +131,51 @@ class Consumer:
         self._pid = os.getpid()
         self._transport: Transport | None = None
         self._transport_lock = threading.Lock()
+        # storage_path: rows waiting in the file (not in flight), the ids of the batch in
+        # flight, how many of those are settled, and the id the next batch starts after
+        # (0, unless deleting settled rows failed and they are still in the file).
+        self._stored = 0
+        self._inflight_ids: list[int] = []
+        self._inflight_forgotten = 0
+        self._cursor = 0
+        self._vanished = 0
+
+    def _open_store(self, path: Path) -> None:
+        """Own the queue file; what an earlier process left in it is accepted here, and
+        sent at once (the delivery thread starts now, not at the first call)."""
+        from analytics_sdk._storage import Storage
+
+        store = Storage(path, self._options.storage_sync)
+        self._store = store
+        if store.count:
+            self.recovered = self._stored = self._accepted = store.count
+            self._queued_bytes = store.size + store.count * MESSAGE_OVERHEAD_BYTES
+            self._flush_target = store.count  # due now, whatever flush_interval says
+            logger.info(
+                "storage_path %s holds %d message(s) from an earlier run; sending them",
+                store.path,
+                store.count,
+            )
+            self._ensure_thread()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue is the parent's; start from nothing.
 
         Locks may be held by threads that do not exist here, and the HTTP session's
         sockets are shared with the parent: replace all of it, keep only the options.
+        A storage_path file stays the parent's: the child queues in memory.
         """
         self._reset_state()
+        store, self._store = self._store, None
+        if store is not None and not store.closed:
+            store.forsake()
+            logger.warning(
+                "this forked process (pid %d) queues in memory: storage_path %s belongs to "
+                "the process that opened it; create the client after the fork to keep a "
+                "file per process",
+                os.getpid(),
+                store.path,
+            )
 
     def _check_fork(self) -> None:
         """A fork the at-fork hook did not see (a C-level fork, uWSGI without its fork
@@ -139,6 +189,8 @@ class Consumer:
         """Queue one serialized message: None when accepted, else the drop reason."""
         if self._pid != os.getpid():
             self._check_fork()
+        if self._store is not None:
+            return self._put_stored(data)
         size = len(data) + MESSAGE_OVERHEAD_BYTES  # what it will weigh on the wire
         data = compact(data)
         with self._lock:
@@ -148,19 +200,42 @@ class Consumer:
             if count >= self._max_queue_size or self._queued_bytes + size > self._max_queue_bytes:
                 return Reason.QUEUE_FULL
             self._queue.append(data)
-            self._queued_bytes += size
-            self._accepted += 1
-            if count == 0:
-                self._oldest = time.monotonic()
-                self._work.notify()  # starts the flush_interval timer
-            elif count + 1 == self._flush_at or (
-                self._queued_bytes >= self._batch_bytes > self._queued_bytes - size
-            ):
-                self._work.notify()  # a full batch is waiting
+            self._count_in_locked(count, size)
         if not self._running:
             self._ensure_thread()
         elif count >= self._yield_at and count % self._yield_every == 0:
             time.sleep(0)  # let the delivery thread have the GIL: it is falling behind
+        return None
+
+    def _count_in_locked(self, count: int, size: int) -> None:
+        """One more message of `size` wire bytes is queued behind `count` others."""
+        self._queued_bytes += size
+        self._accepted += 1
+        if count == 0:
+            self._oldest = time.monotonic()
+            self._work.notify()  # starts the flush_interval timer
+        elif count + 1 == self._flush_at or (
+            self._queued_bytes >= self._batch_bytes > self._queued_bytes - size
+        ):
+            self._work.notify()  # a full batch is waiting
+
+    def _put_stored(self, data: bytes) -> str | None:
+        """put() with storage_path: the row is committed before the call returns."""
+        size = len(data) + MESSAGE_OVERHEAD_BYTES
+        with self._lock:
+            store = self._store
+            if self._closing or store is None or store.closed:
+                return Reason.SHUTDOWN
+            count = self._stored
+            if count >= self._max_queue_size or self._queued_bytes + size > self._max_queue_bytes:
+                return Reason.QUEUE_FULL
+            if not store.append(data):
+                self.storage_problem = store.problem
+                return Reason.STORAGE_ERROR
+            self._stored += 1
+            self._count_in_locked(count, size)
+        if not self._running:
+            self._ensure_thread()
         return None
 
     def send_now(self, data: bytes) -> bool:
@@ -242,6 +317,9 @@ class Consumer:
             thread.join(wait)
         if self._transport is not None and not at_exit and not (thread and thread.is_alive()):
             self._transport.close()
+        with self._lock:  # a thread still in a request finds it closed and leaves its rows
+            if self._store is not None:
+                self._store.close()
         return drained
 
     def finished(self) -> bool:
@@ -265,27 +343,53 @@ class Consumer:
         """Shutdown's budget is spent: report the queue and the unsettled in-flight rest."""
         with self._lock:
             self._stop.set()  # wakes a backoff wait; no new batch is taken
-            lost = list(self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
+            lost, unread = self._take_all_locked()
             if self._inflight is not None and not self._abandoned:
                 # Claim the unsettled rest once: a second shutdown must not report it again.
                 lost[:0] = self._inflight[self._inflight_done :]
                 self._inflight_done = len(self._inflight)
             self._abandoned = True
-            self._failed += len(lost)
+            count = len(lost) + unread
+            self._failed += count
             self._work.notify()
-        if lost:
-            error = DeliveryError(
-                f"{len(lost)} message(s) not delivered within the shutdown budget "
-                f"({self._options.shutdown_timeout} s)",
-                reason=Reason.SHUTDOWN,
-                count=len(lost),
+        if count:
+            kept = (
+                ""
+                if self._store is None
+                else (f"; they stay in storage_path {self._store.path} for the next client on it")
             )
-            self._reporter.report(error, lost)
+            error = DeliveryError(
+                f"{count} message(s) not delivered within the shutdown budget "
+                f"({self._options.shutdown_timeout} s){kept}",
+                reason=Reason.SHUTDOWN,
+                count=count,
+            )
+            self._reporter.report(error, lost, count=count)
         with self._lock:
-            self._settled += len(lost)
+            self._settled += count
             self._settled_cond.notify_all()
+
+    def _take_all_locked(self) -> tuple[list[bytes], int]:
+        """Everything queued and not in flight, taken out of the queue, and how many of
+        them could not be read. With storage_path the rows stay in the file: this process
+        only stops counting them as queued."""
+        unread = 0
+        if self._store is None:
+            lost = list(self._queue)
+            self._queue.clear()
+        else:
+            from analytics_sdk._storage import StorageError
+
+            after = self._inflight_ids[-1] if self._inflight is not None else self._cursor
+            try:
+                lost = [body for _, body in self._store.head(self._stored, after=after)]
+            except StorageError as exc:
+                logger.error("%s", exc)
+                lost = []
+            unread = self._stored - len(lost)  # reported by count all the same
+            self._stored = 0
+        self._queued_bytes = 0
+        return lost, unread
 
     # -- the delivery thread ---------------------------------------------------------------
 
@@ -296,7 +400,8 @@ class Consumer:
         if self._options.sync_mode:
             return
         with self._lock:
-            if self._running or (self._closing and not self._queue) or self._stop.is_set():
+            idle = not (self._queue or self._stored)
+            if self._running or (self._closing and idle) or self._stop.is_set():
                 return
             self._running = True
         thread = threading.Thread(target=self._run, name="analytics_sdk.consumer", daemon=True)
@@ -317,6 +422,9 @@ class Consumer:
                     if batch is None:
                         return
                     self._inflight, self._inflight_done = batch, 0
+                if not batch:  # storage_path could not be read, or lost rows: see there
+                    self._report_vanished()
+                    continue
                 try:
                     self._deliver(batch, transport)
                 except Exception:  # noqa: BLE001 - isolation boundary: the thread must outlive any bug
@@ -324,6 +432,9 @@ class Consumer:
                     self._settle_rest_as_internal_error()
                 with self._lock:
                     self._inflight = None
+                    store = self._store
+                if store is not None:
+                    store.checkpoint_if_due()  # here, not in a caller's put(): see _storage.py
         except Exception:  # noqa: BLE001 - logged; the next put() or flush() restarts us
             logger.exception("the delivery thread stopped; the next call restarts it")
         finally:
@@ -341,7 +452,7 @@ class Consumer:
         while True:
             if self._stop.is_set():
                 return None
-            count = len(self._queue)
+            count = len(self._queue) + self._stored
             if count:
                 if (
                     count >= self._flush_at
@@ -365,6 +476,8 @@ class Consumer:
         Takes flush_at at once and gives back from the end if the bytes overshoot: the lock
         is held for one pass in C, not a Python loop per message (put() waits on it).
         """
+        if self._store is not None:
+            return self._take_stored_locked(self._store)
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(len(queue), self._flush_at))]
         full = sum(1 for m in batch if m[-1] == _BRACE)  # the others are compact (no tail)
@@ -378,6 +491,63 @@ class Consumer:
         if queue:
             self._oldest = time.monotonic()
         return batch
+
+    def _take_stored_locked(self, store: Storage) -> list[bytes]:
+        """_take_locked() from the file: the oldest rows, within flush_at and the bytes."""
+        from analytics_sdk._storage import StorageError
+
+        try:
+            rows = store.head(self._flush_at, after=self._cursor)
+        except StorageError as exc:
+            logger.error("%s; retrying in %s s", exc, self._options.flush_interval)
+            self._work.wait(self._options.flush_interval)
+            return []
+        if not rows:  # another program deleted rows: settle them, as lost, to keep count
+            self._vanished, self._stored, self._queued_bytes = self._stored, 0, 0
+            self._failed += self._vanished
+            return []
+        batch: list[bytes] = []
+        ids: list[int] = []
+        size = 0
+        for row_id, body in rows:
+            weight = len(body) + MESSAGE_OVERHEAD_BYTES
+            if batch and size + weight > self._batch_bytes:
+                break
+            batch.append(body)
+            ids.append(row_id)
+            size += weight
+        self._stored -= len(batch)
+        self._queued_bytes -= size
+        self._inflight_ids, self._inflight_forgotten = ids, 0
+        if self._stored:
+            self._oldest = time.monotonic()
+        return batch
+
+    def _report_vanished(self) -> None:
+        with self._lock:
+            count, self._vanished = self._vanished, 0
+        if count:
+            error = DeliveryError(
+                f"{count} message(s) disappeared from storage_path (another program changed "
+                "the file)",
+                reason=Reason.INTERNAL_ERROR,
+                count=count,
+            )
+            self._reporter.report(error, [], count=count)
+            with self._lock:
+                self._settled += count
+                self._settled_cond.notify_all()
+
+    def _forget_locked(self, count: int) -> None:
+        """storage_path: the next `count` in-flight messages are settled; delete their rows."""
+        start = self._inflight_forgotten
+        self._inflight_forgotten = start + count
+        if self._store is None or start + count > len(self._inflight_ids):
+            return
+        last = self._inflight_ids[start + count - 1]
+        # Deleted: the next batch starts at the head. Not: skip these rows (a later delete
+        # takes them too; until then no id is reused, as the newest row is still there).
+        self._cursor = 0 if self._store.delete_through(last) else last
 
     def _deliver(self, messages: list[bytes], transport: Transport) -> int:
         """Send, bisecting on 400/413 so only the offending messages are reported.
@@ -413,6 +583,8 @@ class Consumer:
         count = len(messages)
         with self._lock:
             if self._abandoned and threading.current_thread() is self._thread:
+                if error is None:
+                    self._forget_locked(count)  # sent after all: not again by the next run
                 return  # shutdown reported these already
             self._inflight_done += count
             if error is None:
@@ -424,6 +596,7 @@ class Consumer:
                 self._reporter.report(error, messages)  # before settling: flush() promises it
         finally:
             with self._lock:
+                self._forget_locked(count)
                 self._settled += count
                 self._settled_cond.notify_all()
 
@@ -444,7 +617,8 @@ class Consumer:
                 "accepted": self._accepted,
                 "delivered": self._delivered,
                 "failed": self._failed,
-                "queued": len(self._queue) + in_flight,
+                "queued": len(self._queue) + self._stored + in_flight,
+                "recovered": self.recovered,
                 "retried": 0 if self._transport is None else self._transport.retries,
             }
 

@@ -77,6 +77,8 @@ class Stats:
         retried: HTTP attempts after a failed one.
         dropped: every message lost, by reason: rejected calls and failed messages alike.
         integrations: per-integration counters (device mode; empty until it is enabled).
+        recovered: messages an earlier process left in `storage_path`, found at start
+            (they are in `accepted` too).
     """
 
     accepted: int
@@ -87,6 +89,7 @@ class Stats:
     retried: int
     dropped: dict[str, int]
     integrations: dict[str, dict[str, int]]
+    recovered: int = 0
 
 
 class Client:
@@ -418,6 +421,7 @@ class Client:
             retried=counts["retried"],
             dropped=self._reporter.dropped(),
             integrations={} if self._device is None else self._device.counters(),
+            recovered=counts["recovered"],
         )
 
     # -- building messages -------------------------------------------------------------------
@@ -543,7 +547,8 @@ class Client:
             return message_id if delivered else None  # a failure is reported already
         reason = self._consumer.put(data)
         if reason is not None:
-            self._reporter.report(_drop_error(reason, opts), [data], what=message["type"])
+            error = _drop_error(reason, opts, self._consumer.storage_problem)
+            self._reporter.report(error, [data], what=message["type"])
             return None
         return message_id
 
@@ -699,13 +704,15 @@ def _name(function: object) -> str:
     return getattr(function, "__qualname__", None) or type(function).__name__
 
 
-def _drop_error(reason: str, opts: ClientOptions) -> DeliveryError:
+def _drop_error(reason: str, opts: ClientOptions, storage_problem: str) -> DeliveryError:
     if reason == Reason.QUEUE_FULL:
         return DeliveryError(
             f"the queue is full (max_queue_size {opts.max_queue_size}, "
             f"max_queue_bytes {opts.max_queue_bytes}); is the data plane reachable?",
             reason=reason,
         )
+    if reason == Reason.STORAGE_ERROR:
+        return DeliveryError(storage_problem, reason=reason)
     return DeliveryError("the client is shut down", reason=reason)
 
 

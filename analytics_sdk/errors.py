@@ -45,6 +45,7 @@ class Reason:
     INTERNAL_ERROR = "internal_error"  # a bug of ours, caught so delivery goes on
     REJECTED_BY_INTEGRATION = "rejected_by_integration"  # a device-mode wrapper refused it
     SOURCE_DISABLED = "source_disabled"  # the source config says the source is disabled
+    STORAGE_ERROR = "storage_error"  # storage_path could not be written (disk full, I/O)
 
 
 class AnalyticsError(Exception):

@@ -12,7 +12,10 @@ separate process, and measures each SDK in fresh subprocesses of that virtualenv
    sink holds every messageId);
 3. events lost at default options when a burst is produced as fast as possible;
 4. peak RSS of the process for the burst (queues big enough that nothing is dropped);
-5. import + construct wall time in a fresh interpreter, and the `-X importtime` total.
+5. import + construct wall time in a fresh interpreter, and the `-X importtime` total;
+6. ours only: the durable queue (`storage_path`), calls/s accepted (each call commits its
+   row to SQLite before it returns) and end to end, at `storage_sync="normal"` (the default)
+   and `"full"` (a smaller burst: it fsyncs every call).
 
 It prints a table and the target ratios, and writes everything to
 `benchmarks/results/<UTC timestamp>.json`. Every loop is bounded, every wait has a timeout,
@@ -284,23 +287,37 @@ def _in_thread(function: Callable[[], object], timeout: float) -> bool:
     return not thread.is_alive()
 
 
-def make_adapter(sdk: str, url: str, config: str, queue_size: int) -> Adapter:
+def make_adapter(
+    sdk: str, url: str, config: str, queue_size: int, storage_dir: str | None = None
+) -> Adapter:
     """A client of `sdk` aimed at `url`, configured as `config` says.
 
     "tuned": gzip on and a queue of `queue_size` (nothing dropped); "defaults": the SDK's
-    defaults; "nosend": `send=False`, so no delivery thread competes with the caller.
+    defaults; "nosend": `send=False`, so no delivery thread competes with the caller;
+    "durable" / "durable_full" (ours only): "tuned" plus a `storage_path` in `storage_dir`
+    with `storage_sync` "normal" / "full".
     """
     choices: dict[str, JsonDict] = {
         "tuned": {"gzip": True, "max_queue_size": queue_size},
         "defaults": {},
         "nosend": {"send": False},
     }
-    options = choices[config]
+    options = choices.get(config, {})
     if sdk == "ours":
         from analytics_sdk import Client
 
         if config == "tuned":
             ours = Client(WRITE_KEY, url, gzip=True, max_queue_size=queue_size)
+        elif config in ("durable", "durable_full"):
+            assert storage_dir is not None
+            ours = Client(
+                WRITE_KEY,
+                url,
+                gzip=True,
+                max_queue_size=queue_size,
+                storage_path=Path(storage_dir) / "queue.sqlite",
+                storage_sync="full" if config == "durable_full" else "normal",
+            )
         elif config == "nosend":
             ours = Client(WRITE_KEY, url, send=False)
         else:
@@ -400,18 +417,27 @@ def child_burst(adapter: Adapter, events: int, flush_timeout: float) -> JsonDict
 
 def run_child(spec: JsonDict) -> JsonDict:
     """The child's whole job: build the client, run the mode, report RSS and timings."""
+    import shutil
+    import tempfile
+
     rss_start = _max_rss_kib()
-    adapter = make_adapter(spec["sdk"], spec["url"], spec["config"], spec["queue_size"])
-    rss_ready = _max_rss_kib()
-    if spec["mode"] == "cost":
-        result = child_cost(adapter, spec["rounds"], spec["calls"], spec["flush_timeout"])
-    else:
-        result = child_burst(adapter, spec["events"], spec["flush_timeout"])
-    result["rss_start_kib"] = rss_start
-    result["rss_ready_kib"] = rss_ready
-    result["rss_peak_kib"] = _max_rss_kib()
-    result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # see above
-    adapter.close(5.0)
+    storage_dir = tempfile.mkdtemp(prefix="bench-storage-")
+    try:
+        adapter = make_adapter(
+            spec["sdk"], spec["url"], spec["config"], spec["queue_size"], storage_dir
+        )
+        rss_ready = _max_rss_kib()
+        if spec["mode"] == "cost":
+            result = child_cost(adapter, spec["rounds"], spec["calls"], spec["flush_timeout"])
+        else:
+            result = child_burst(adapter, spec["events"], spec["flush_timeout"])
+        result["rss_start_kib"] = rss_start
+        result["rss_ready_kib"] = rss_ready
+        result["rss_peak_kib"] = _max_rss_kib()
+        result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # see above
+        adapter.close(5.0)
+    finally:
+        shutil.rmtree(storage_dir, ignore_errors=True)
     return result
 
 
@@ -629,6 +655,8 @@ MEDIAN_OF = {
     "cost_nosend": "median_us",
     "burst": "events_per_s",
     "defaults": "dropped",
+    "durable": "accepted_per_s",
+    "durable_full": "accepted_per_s",
 }
 
 
@@ -700,6 +728,24 @@ def measure_sdk(
         defaults["received"] = stats["unique"]
         defaults["dropped"] = plan.events - stats["unique"]
     out["defaults"] = defaults
+
+    if sdk == "ours":
+        for config, events in (("durable", plan.events), ("durable_full", plan.events // 5)):
+            sync = "full" if config == "durable_full" else "normal"
+            log(f"{sdk}: durable queue, storage_sync={sync}, burst of {events:,} events")
+            sink.reset()
+            durable = spawn(
+                {**base, "mode": "burst", "config": config, "events": events},
+                plan.child_timeout,
+            )
+            if "error" not in durable:
+                stats = sink.wait_for(events, 10.0)
+                durable["sink"] = stats
+                durable["complete"] = bool(durable["flushed"]) and stats["unique"] == events
+                durable["accepted_per_s"] = durable["accepted"] / durable["enqueue_s"]
+                if durable["complete"]:
+                    durable["events_per_s"] = events / durable["total_s"]
+            out[config] = durable
 
     if with_import:
         log(f"{sdk}: import + construct, {plan.import_runs} fresh interpreters")
@@ -804,6 +850,26 @@ def table_rows(results: dict[str, JsonDict], plan: Plan) -> list[tuple[str, list
         "  after import + construct [MiB]",
         lambda r: err(r.get("burst")) or _num(r["burst"]["rss_ready_kib"] / 1024, 1),
     )
+
+    def durable_rows(config: str, sync: str) -> None:
+        row(
+            f"storage_path, sync {sync}: calls/s accepted",
+            lambda r: err(r.get(config)) or _num(_get(r, config, "accepted_per_s"), 0),
+        )
+        row(
+            "  end to end [ev/s]",
+            lambda r: (
+                err(r.get(config))
+                or (
+                    _num(_get(r, config, "events_per_s"), 0)
+                    if _get(r, config, "complete")
+                    else "incomplete"
+                )
+            ),
+        )
+
+    durable_rows("durable", "normal")
+    durable_rows("durable_full", "full")
     row("import + construct, median [ms]", lambda r: _num(_get(r, "import", "median_wall_ms"), 1))
     row("-X importtime total [ms]", lambda r: _num(_get(r, "import", "median_importtime_ms"), 1))
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -295,21 +296,20 @@ def test_send_false_needs_no_write_key_or_url() -> None:
         assert client.shutdown(timeout=1) is True
 
 
-# -- options not implemented yet ------------------------------------------------------------
+# -- storage --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("options", "field"),
-    [
-        ({"storage_path": "/tmp/analytics-queue.sqlite"}, "storage_path"),
-    ],
-    ids=["storage"],
-)
-def test_options_not_implemented_yet_say_so(options: dict[str, Any], field: str) -> None:
-    message = configuration_error("wk_test", URL, **options)
+def test_storage_path_and_sync_mode_do_not_combine(tmp_path: Path) -> None:
+    message = configuration_error("wk_test", URL, storage_path=tmp_path / "q", sync_mode=True)
 
-    assert field in message
-    assert "not in this version yet" in message
+    assert "storage_path cannot be combined with sync_mode" in message
+
+
+def test_storage_sync_takes_normal_or_full(tmp_path: Path) -> None:
+    message = configuration_error("wk_test", URL, storage_sync="sometimes")
+
+    assert "storage_sync" in message
+    assert ClientOptions.build("wk_test", URL, {}).storage_sync == "normal"
 
 
 def test_the_control_plane_url_comes_from_the_environment_under_explicit_arguments() -> None:

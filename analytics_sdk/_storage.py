@@ -1,0 +1,263 @@
+"""The durable queue behind `storage_path`: a SQLite file that outlives the process.
+
+One table of rows (id, body) in insertion order, the body being a message's JSON as the
+wire gets it. A call's row is committed before the call returns; the delivery thread reads
+batches from the head and deletes a batch's rows once the batch is settled (delivered with
+a 2xx, or reported). What is left when a process ends, however it ends, is the next
+process's to send.
+
+Ownership: one process at a time holds a file, through an exclusive lock on `<file>.lock`
+taken when the client starts and released when it shuts down (or by the OS when the
+process dies, kill -9 included). A second process, or a second client in the same process,
+gets a ConfigurationError naming the owner's pid: two senders of one queue would send
+every message twice. A forked child does not inherit the ownership (see Consumer).
+
+Every method but `checkpoint` is called with the consumer's lock held, so one connection
+serves the caller threads and the delivery thread in turn. `checkpoint` has a connection of
+its own: each call commits (a page of the write-ahead log), and SQLite's own checkpoint,
+which copies the log into the file and syncs it, would otherwise run inside some unlucky
+track() call. The delivery thread checkpoints instead, while callers go on writing; SQLite's
+is kept only as a backstop (a stuck delivery thread), at a ten times larger log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+from analytics_sdk._logging import logger
+from analytics_sdk.errors import ConfigurationError
+
+if sys.platform == "win32":  # pragma: no cover - tested on POSIX only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+_TABLE = "analytics_sdk_queue_v1"  # a new schema gets a new table (and a migration)
+_SYNC = {"normal": "NORMAL", "full": "FULL"}
+_BUSY_TIMEOUT_MS = 5_000  # another program reading the file (sqlite3 CLI) may hold it briefly
+CHECKPOINT_EVERY = 1_000  # writes (log pages) between the delivery thread's checkpoints
+_BACKSTOP_PAGES = 10 * CHECKPOINT_EVERY  # SQLite's automatic checkpoint, on the writer
+_LOG_LIMIT_BYTES = 8 * 1024 * 1024  # the log file is cut back to this after a checkpoint
+
+# The SQLite connections of stores a forked child gave up. Never closed or collected in the
+# child: closing could checkpoint and remove the WAL under the parent that still uses it.
+_forsaken: list[sqlite3.Connection] = []
+
+
+class StorageError(Exception):
+    """The file could not be read (I/O error); the text says why."""
+
+
+class Storage:
+    """An exclusive, open queue file. `count` and `size` describe what it held at start;
+    `problem` why the last write failed; `writes` counts writes since the last checkpoint."""
+
+    def __init__(self, path: Path, sync: str = "normal") -> None:
+        """Open and own the file at `path`, creating it (and its directory) if needed.
+
+        Raises:
+            ConfigurationError: another process (or client) owns the file, or it cannot be
+                created, opened or read (the text has the OS's or SQLite's reason).
+        """
+        self.path = path = path.expanduser()
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = _claim(path.with_name(path.name + ".lock"), path)
+        except OSError as exc:
+            raise _unusable(path, exc) from None
+        try:
+            self._db = _open(path, sync)
+            self.count, self.size = self._db.execute(
+                f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {_TABLE}"
+            ).fetchone()
+            self._checkpointer = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            _release(self._lock_fd)
+            raise _unusable(path, exc) from None
+        except BaseException:
+            _release(self._lock_fd)
+            raise
+        self._checkpoint_lock = threading.Lock()
+        self.closed = False
+        self.problem = ""
+        self.writes = 0
+
+    def append(self, body: bytes) -> bool:
+        """Commit one row: it is in the file when this returns True. False: it could not
+        be written (disk full, I/O error, closed), and `problem` says why."""
+        try:
+            self._db.execute(f"INSERT INTO {_TABLE} (body) VALUES (?)", (body,))
+        except sqlite3.Error as exc:
+            self.problem = f"cannot write to storage_path {self.path}: {exc}"
+            return False
+        self.writes += 1
+        return True
+
+    def head(self, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        """The oldest `limit` rows with an id above `after`, oldest first.
+
+        Raises:
+            StorageError: the file could not be read.
+        """
+        try:
+            rows: list[tuple[int, bytes]] = self._db.execute(
+                f"SELECT id, body FROM {_TABLE} WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read storage_path {self.path}: {exc}") from None
+        return rows
+
+    def delete_through(self, row_id: int) -> bool:
+        """Delete every row up to `row_id`: they are settled. False if that failed (logged:
+        the rows stay, and a later run sends them again, with the same messageIds)."""
+        if self.closed:
+            return False
+        try:
+            self._db.execute(f"DELETE FROM {_TABLE} WHERE id <= ?", (row_id,))
+        except sqlite3.Error as exc:
+            logger.error("cannot delete sent messages from storage_path %s: %s", self.path, exc)
+            return False
+        self.writes += 1
+        return True
+
+    def checkpoint_if_due(self) -> None:
+        """Copy the write-ahead log into the file, once CHECKPOINT_EVERY writes were made
+        since the last time, without holding up writers (the delivery thread calls this,
+        without the consumer's lock)."""
+        if self.writes < CHECKPOINT_EVERY:
+            return
+        self.writes = 0
+        with self._checkpoint_lock:
+            if self.closed:
+                return
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                logger.debug("checkpoint of storage_path %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Close the file and give up ownership. Idempotent."""
+        if self.closed:
+            return
+        with self._checkpoint_lock:
+            self.closed = True
+            try:
+                self._checkpointer.close()
+                self._db.close()  # the last connection: SQLite checkpoints and drops the log
+            except sqlite3.Error as exc:  # pragma: no cover - close fails only on misuse
+                logger.debug("closing storage_path %s: %s", self.path, exc)
+        _release(self._lock_fd)
+
+    def forsake(self) -> None:
+        """In a forked child: let go of the parent's file without touching it."""
+        self.closed = True
+        _forsaken.extend((self._db, self._checkpointer))
+        with contextlib.suppress(OSError):
+            # Our copy of the lock descriptor: if it stayed open here, the lock would outlive
+            # the parent, and its successor could not start while this child runs.
+            os.close(self._lock_fd)
+
+
+def _unusable(path: Path, exc: Exception) -> ConfigurationError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigurationError(f"invalid client options: storage_path {path} cannot be used: {why}")
+
+
+def _claim(lock_path: Path, path: Path) -> int:
+    """Take the exclusive lock of a queue file, or raise naming the process that has it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock(fd)
+    except OSError:
+        owner = _read_owner(fd)
+        os.close(fd)
+        whose = (
+            "this process (another Client)"
+            if owner == str(os.getpid())
+            else (f"process {owner}" if owner else "another process")
+        )
+        raise ConfigurationError(
+            f"invalid client options: storage_path {path} is in use by {whose}; a queue file "
+            "has one owner at a time, so give each process (or worker) its own file"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _release(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)  # closing the descriptor drops the lock
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def _open(path: Path, sync: str) -> sqlite3.Connection:
+    """Open (or create, mode 0600) the queue file; a file that is not a usable SQLite
+    database is moved aside (kept for inspection) and a new one is started."""
+    try:
+        return _connect(path, sync)
+    except sqlite3.DatabaseError as exc:
+        # Not a database, or a corrupt one: plain DatabaseError. Its subclasses (can't
+        # open, locked, I/O error) are about the place, not the file: the caller says so.
+        if type(exc) is not sqlite3.DatabaseError:
+            raise
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        logger.error(
+            "storage_path %s is not a usable queue (%s); moved it to %s and started an "
+            "empty one: messages it held, if any, are not sent",
+            path,
+            exc,
+            aside,
+        )
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        return _connect(path, sync)
+
+
+def _connect(path: Path, sync: str) -> sqlite3.Connection:
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite copies its mode to -wal
+    os.chmod(path, 0o600)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot use write-ahead logging (journal mode {mode})")
+        db.execute(f"PRAGMA synchronous = {_SYNC[sync]}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit = {_LOG_LIMIT_BYTES}")
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {_TABLE} (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"
+        )
+    except BaseException:
+        db.close()
+        raise
+    return db

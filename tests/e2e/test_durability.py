@@ -1,0 +1,147 @@
+"""Crashes with storage_path, in real subprocesses: kill -9 mid-burst, exit with the data
+plane down. Whatever a call accepted arrives after a restart; duplicates share a messageId."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from support.processes import ROOT
+from support.processes import run_script as run_support_script
+from support.servers import DataPlane, Reply
+
+from analytics_sdk import Client
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+
+# Tracks as fast as it can; writes each messageId to stdout once track() has returned it.
+PRODUCER = """
+import os, sys
+from analytics_sdk import Client
+client = Client("wk_test_key", sys.argv[1], storage_path=sys.argv[2], flush_at=50)
+n = 0
+while True:
+    message_id = client.track(f"user-{n % 7}", "Crash Test", {"n": n, "pid": os.getpid()})
+    if message_id is not None:
+        os.write(1, (message_id + "\\n").encode())
+    n += 1
+"""
+
+
+def start_producer(url: str, queue_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(PRODUCER), url, str(queue_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def kill_after(process: subprocess.Popen[bytes], accepted: int, timeout: float = 30) -> list[str]:
+    """Read messageIds until `accepted` came, kill -9, then read what was written before."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < accepted and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    data += process.stdout.read()
+    process.stdout.close()
+    ids = data.decode().split("\n")
+    return [i for i in ids[:-1] if i]  # a last id cut in half by the kill is not complete
+
+
+def duplicates_are_identical(data_plane: DataPlane) -> int:
+    """How many deliveries were repeats; asserts each repeat is the same message."""
+    seen: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for event in data_plane.events:
+        seen[str(event["messageId"])].append(event)
+    repeats = 0
+    for copies in seen.values():
+        first = {k: v for k, v in copies[0].items() if k != "sentAt"}
+        for other in copies[1:]:
+            assert {k: v for k, v in other.items() if k != "sentAt"} == first
+            repeats += 1
+    return repeats
+
+
+@pytest.mark.parametrize("server", ["fast", "slow"])
+def test_kill_9_during_heavy_tracking_loses_nothing_accepted(
+    data_plane: DataPlane, tmp_path: Path, server: str
+) -> None:
+    """Three producers in a row on one file, each killed mid-burst; then a clean client."""
+    if server == "slow":  # a backlog builds up in the file: most rows wait for the restart
+        data_plane.respond = lambda request: Reply(delay=0.05)
+    queue_file = tmp_path / "events.sqlite"
+    accepted: list[str] = []
+    for round_ in range(3):
+        producer = start_producer(data_plane.url, queue_file)
+        accepted += kill_after(producer, accepted=1500 + 700 * round_)
+
+    data_plane.respond = None
+    survivor = Client("wk_test_key", data_plane.url, storage_path=queue_file)
+    try:
+        assert survivor.flush(timeout=30) is True
+    finally:
+        survivor.shutdown(timeout=5)
+    delivered = set(data_plane.message_ids())
+    lost = set(accepted) - delivered
+    assert not lost, f"{len(lost)} of {len(accepted)} accepted messages never arrived"
+    duplicates_are_identical(data_plane)
+
+
+def test_exit_with_the_data_plane_down_reports_and_keeps_for_the_next_run(
+    data_plane: DataPlane, tmp_path: Path
+) -> None:
+    queue_file = tmp_path / "events.sqlite"
+    started = time.monotonic()
+    result = run_support_script(
+        """
+        import atexit, json, sys
+        reported = []
+        atexit.register(lambda: print(json.dumps(reported), flush=True))  # LIFO: after ours
+        from analytics_sdk import Client
+        client = Client("wk_test_key", "http://127.0.0.1:9", storage_path=sys.argv[1],
+                        shutdown_timeout=1.0,
+                        on_error=lambda e, ms: reported.append([e.reason, len(ms), str(e)]))
+        ids = [client.track("u1", "Down", {"n": n}) for n in range(200)]
+        print(json.dumps(ids), flush=True)
+        """,
+        str(queue_file),
+        strict_warnings=True,
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 20  # the exit flush is bounded by shutdown_timeout (1 s), not hung
+    ids_line, reported_line = result.stdout.strip().splitlines()[-2:]
+    ids = json.loads(ids_line)
+    reported = json.loads(reported_line)
+    assert sum(count for reason, count, _ in reported if reason == "shutdown") == 200
+    assert all("stay in storage_path" in text for _, _, text in reported)
+
+    # The next run, with the data plane up, sends exactly those.
+    client = Client("wk_test_key", data_plane.url, storage_path=queue_file)
+    try:
+        assert client.stats().recovered == 200
+        assert client.flush(timeout=10) is True
+    finally:
+        client.shutdown(timeout=2)
+    assert sorted(data_plane.message_ids()) == sorted(ids)
