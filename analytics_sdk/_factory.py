@@ -37,6 +37,14 @@ ENTRY_POINT_GROUP = "analytics_sdk.integrations"
 PRE_CONFIG_BUFFER = 1000  # messages kept for device mode until the first config arrives
 WORKER_QUEUE = 10_000  # messages waiting per integration before new ones are dropped
 STOP_TIMEOUT = 5.0  # seconds a disabled or reconfigured integration gets to stop
+# Destination settings whose name says "secret" (lowercase, letters and digits only): their
+# string values are masked in logs even when a wrapper keeps them as plain `str`. Shorter
+# values are left alone: masking "test" or "fine" in every log line would garble the logs.
+_MIN_GUESSED_SECRET = 8
+_SECRET_WORDS = (
+    "secret", "token", "password", "passwd", "apikey", "accesskey", "privatekey",
+    "writekey", "credential", "authorization",
+)  # fmt: skip
 _STOP, _FLUSH, _RESET = "stop", "flush", "reset"
 
 
@@ -396,6 +404,7 @@ class Factory:
         self._closed = False
         self._shut_down = False
         self._setup_again = False  # set in a forked child: in-code integrations set up anew
+        self._warned_missing: set[str] = set()  # destinations said to have no integration
         for integration in custom:
             if integration.context is None:
                 integration.context = self._context(integration.key, None)
@@ -502,12 +511,16 @@ class Factory:
             if not destination.device_mode:
                 continue
             definition = destination.destination_definition
+            _register_secret_settings(destination.config)  # before anything may quote them
             entry = self._match(definition.display_name, definition.name)
+            # Once per name: a config may list the same destination type a thousand times.
+            warn = current is not None and definition.display_name not in self._warned_missing
             if entry is None:
                 key = definition.name.lower()
                 status.setdefault(key, StatusEntry(key, definition.display_name, installed=False))
                 status[key].enabled_by_config = True
-                if current is not None:
+                if warn:
+                    self._warned_missing.add(definition.display_name)
                     logger.warning(
                         "device mode is on for %r but no integration for it is installed",
                         definition.display_name,
@@ -516,7 +529,8 @@ class Factory:
             key = entry.key
             status[key].enabled_by_config = True
             if entry.cls is None:
-                if current is not None:
+                if warn:
+                    self._warned_missing.add(definition.display_name)
                     logger.warning(
                         "device mode is on for %r but its integration is not installed: %s",
                         definition.display_name,
@@ -530,9 +544,11 @@ class Factory:
             try:
                 options = entry.cls.options_model.model_validate(destination.config)
             except ValidationError as exc:
-                status[key].options_error = f"invalid options: {describe(exc)}"
-                if current is not None:
-                    logger.error("integration %r stays off: %s", key, status[key].options_error)
+                # describe() never quotes input, but a wrapper's validator message might.
+                error = mask_secrets(f"invalid options: {describe(exc)}")
+                if current is not None and status[key].options_error != error:
+                    logger.error("integration %r stays off: %s", key, error)
+                status[key].options_error = error
                 continue
             if current is None:
                 continue  # a dry run: valid options are all it checks
@@ -766,8 +782,8 @@ class Factory:
 
     def _rejected(self, key: str, rejected: list[tuple[Message, str]]) -> None:
         for message, reason in rejected:
-            error = DeliveryError(
-                f"integration {key!r} rejected the message: {reason}",
+            error = DeliveryError(  # the wrapper's reason may quote its own API key
+                f"integration {key!r} rejected the message: {mask_secrets(reason)}",
                 reason=Reason.REJECTED_BY_INTEGRATION,
             )
             self._report(error, [message.to_wire()])
@@ -821,6 +837,38 @@ def _register_secrets(value: object, depth: int = 0) -> None:
     elif isinstance(value, Mapping):
         for item in value.values():
             _register_secrets(item, depth + 1)
+
+
+def _register_secret_settings(config: object, depth: int = 0) -> None:
+    """Mask, in every log line from now on, the string values of a destination's settings
+    whose name says secret (apiKey, clientSecret, token, password...), nested ones and
+    RudderStack's header lists (`{"from": "X-Api-Key", "to": "..."}`) included."""
+    if depth > 8:
+        return
+    if isinstance(config, Mapping):
+        name = config.get("from")
+        value = config.get("to")
+        if isinstance(name, str) and isinstance(value, str) and _secret_name(name):
+            _register_guessed(value)
+        for name, value in config.items():
+            if isinstance(value, str):
+                if isinstance(name, str) and _secret_name(name):
+                    _register_guessed(value)
+            else:
+                _register_secret_settings(value, depth + 1)
+    elif isinstance(config, (list, tuple)):
+        for item in config:
+            _register_secret_settings(item, depth + 1)
+
+
+def _register_guessed(value: str) -> None:
+    if len(value) >= _MIN_GUESSED_SECRET:
+        register_secret(value)
+
+
+def _secret_name(name: str) -> bool:
+    normalized = "".join(c for c in name.lower() if c.isalnum())
+    return normalized == "key" or any(word in normalized for word in _SECRET_WORDS)
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

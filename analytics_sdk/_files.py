@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, mode 0600, creating its directory (0700) if needed.
+    """Replace `path` with `data`, mode 0600, creating missing directories (0700) if needed.
 
     mkstemp creates the file with mode 0600; os.replace switches atomically, so a crash
     leaves the old file or the new one, never half of one.
@@ -16,7 +16,7 @@ def write_private(path: Path, data: bytes) -> None:
     Raises:
         OSError: the directory or the file could not be written.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -27,3 +27,20 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and every missing parent with mode 0700; existing ones are left.
+
+    `Path.mkdir(mode, parents=True)` applies `mode` to the last directory only: its parents
+    get 0777 minus the umask, world-writable under a umask of 0.
+    """
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process may race us

@@ -17,19 +17,33 @@ _SECRETS_LOCK = threading.Lock()
 
 
 class _RedactSecrets(logging.Filter):
-    """Second line of defence: we never log secrets, but a record that would is masked."""
+    """Second line of defence: we never log secrets, but a record that would is masked.
+
+    The message, the traceback (an exception's text may quote a wrapper's API key) and the
+    stack are all checked. A traceback with a secret is kept as masked text only: `exc_info`
+    is dropped, so no handler can format the exception anew and print the secret.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not _SECRETS:
             return True
         text = record.getMessage()
-        masked = text
-        for secret in tuple(_SECRETS):
-            if secret in masked:
-                masked = masked.replace(secret, "**********")
+        masked = mask_secrets(text)
         if masked != text:
             record.msg, record.args = masked, None
+        trace = record.exc_text
+        if not trace and record.exc_info:
+            trace = _TRACEBACKS.formatException(record.exc_info)
+        if trace:
+            masked = mask_secrets(trace)
+            if masked != trace:
+                record.exc_info, record.exc_text = None, masked
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
         return True
+
+
+_TRACEBACKS = logging.Formatter()  # formats exc_info exactly as a handler's formatter would
 
 
 _REDACT = _RedactSecrets()

@@ -26,12 +26,15 @@ from pydantic import (
 from analytics_sdk._files import write_private
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._transport import (
+    UNREADABLE_TLS_FILES,
     UNSENDABLE,
     USER_AGENT,
     _load_backoff,
     _proxy_passwords,
+    network_problem,
     open_session,
     retry_after_seconds,
+    warn_if_cleartext,
 )
 from analytics_sdk._version import __version__
 from analytics_sdk.options import ClientOptions
@@ -60,6 +63,12 @@ _CACHE_FORMAT = 1
 _ERROR_BODY_BYTES = 64 * 1024  # read (and drop) this much of an error answer, no more
 _CHUNK_BYTES = 64 * 1024
 _ID_IN_LOGS = 64  # characters of a destination id a warning may quote
+_SKIPPED_WARNINGS = 5  # malformed destinations named one by one; the rest are counted
+# The cache file's name: a salted PBKDF2 of the write key. A plain hash of a guessable key
+# (a test key, one from a leaked list) is reversed by trying candidates at a billion a
+# second; this costs each guess 40 ms, and us 40 ms once per client, on the config thread.
+_CACHE_NAME_SALT = b"analytics-sdk sourceConfig cache name v1"
+_CACHE_NAME_ITERATIONS = 100_000
 _HINTS = {
     401: " (is the write key right?)",
     403: " (is the write key allowed to read this source's config?)",
@@ -137,16 +146,26 @@ class Source(_WireModel):
         if not isinstance(value, list):
             return value  # pydantic names the problem
         kept: list[Destination] = []
+        skipped = 0
         for index, item in enumerate(value):
             try:
                 kept.append(Destination.model_validate(item))
             except ValidationError as exc:
-                logger.warning(
-                    "sourceConfig: destination %d%s skipped (%s); the others are kept",
-                    index,
-                    _id_note(item),
-                    _problems(exc, "destinations", index),
-                )
+                skipped += 1
+                if skipped <= _SKIPPED_WARNINGS:  # thousands of bad ones: not a line each
+                    logger.warning(
+                        "sourceConfig: destination %d%s skipped (%s); the others are kept",
+                        index,
+                        _id_note(item),
+                        _problems(exc, "destinations", index),
+                    )
+        if skipped > _SKIPPED_WARNINGS:
+            logger.warning(
+                "sourceConfig: %d more malformed destinations skipped (%d of %d in all)",
+                skipped - _SKIPPED_WARNINGS,
+                skipped,
+                len(value),
+            )
         return kept
 
 
@@ -285,6 +304,7 @@ class _Fetcher:
     def __init__(self, options: ClientOptions, token: str) -> None:
         base = (options.control_plane_url or "").rstrip("/")
         url = f"{base}/sourceConfig/"
+        warn_if_cleartext("control_plane_url", options.control_plane_url)
         session, self._own_session, request_options = open_session(options, url)
         self._session = session
         self._send_options: dict[str, Any] = {
@@ -318,8 +338,11 @@ class _Fetcher:
                 problem=f"the request cannot be made ({type(exc).__name__}); "
                 "check control_plane_url and proxies"
             )
-        except requests.RequestException as exc:  # refused, reset, timed out
-            return _Answer(problem=type(exc).__name__, retry=True)
+        except requests.RequestException as exc:  # refused, reset, timed out, TLS
+            return _Answer(problem=network_problem(exc), retry=True)
+        except OSError as exc:  # a verify= or cert= file requests cannot find
+            return _Answer(problem=f"the request cannot be made ({type(exc).__name__}); "
+                           f"{UNREADABLE_TLS_FILES}")  # fmt: skip
         with response:
             status = response.status_code
             if 200 <= status < 300:
@@ -391,10 +414,10 @@ class SourceConfigClient:
     With `options.source_config` (a dict or a JSON file) that is the config, delivered once.
     Otherwise it is fetched from `{control_plane_url}/sourceConfig/` with retries, backoff
     and jitter, then refreshed every `config_refresh_interval` seconds with `If-None-Match`.
-    Each good control-plane document is cached on disk (0600, named by a hash of the write
-    key); when the control plane cannot be reached at start the cache is delivered instead,
-    and with no cache `on_unavailable(reason)` is called, once. Refreshing goes on, so an
-    outage ends without user action (LESSONS R24.2).
+    Each good control-plane document is cached on disk (0600, named by a salted, slow hash
+    of the write key); when the control plane cannot be reached at start the cache is
+    delivered instead, and with no cache `on_unavailable(reason)` is called, once.
+    Refreshing goes on, so an outage ends without user action (LESSONS R24.2).
 
     `on_config(config, origin)` is called from the config thread when the config or its
     origin changes; once `stop()` was called nothing is called any more (a call already
@@ -411,7 +434,7 @@ class SourceConfigClient:
         self._on_config = on_config
         self._on_unavailable = on_unavailable
         # Besides the transport's auth header, the key is read here: for this request's
-        # header and for the cache file's name (a hash of it, never the key itself).
+        # header and for the cache file's name (a PBKDF2 hash of it, never the key itself).
         self._write_key = options.write_key.get_secret_value()
         self._token = base64.b64encode(f"{self._write_key}:".encode()).decode()
         for secret in (self._write_key, self._token, *_proxy_passwords(options.proxies)):
@@ -429,6 +452,7 @@ class SourceConfigClient:
         self._bad_digest: bytes | None = None
         self._unavailable_reason: str | None = None  # what on_unavailable was told, if it was
         self._failures = 0  # the current streak of failed fetches, for rate-limited logs
+        self._unusable = 0  # unusable documents since the last good one, likewise
         self._stopped = False
         self._reset_machinery()
 
@@ -462,8 +486,10 @@ class SourceConfigClient:
         directory = self._options.config_cache_path or _default_cache_dir()
         if directory is None:
             return None
-        digest = hashlib.sha256(self._write_key.encode()).hexdigest()[:16]
-        return Path(directory) / f"sourceconfig-{digest}.json"
+        digest = hashlib.pbkdf2_hmac(
+            "sha256", self._write_key.encode(), _CACHE_NAME_SALT, _CACHE_NAME_ITERATIONS, dklen=16
+        )
+        return Path(directory) / f"sourceconfig-{digest.hex()}.json"
 
     # -- lifecycle (the caller's thread) -----------------------------------------------------
 
@@ -681,10 +707,13 @@ class SourceConfigClient:
             config = SourceConfig._from_document(document)
         except SourceConfigError as exc:
             self._bad_digest = digest
+            self._unusable += 1  # a server sending new junk each time: one WARNING a streak
+            log = logger.warning if self._unusable == 1 else logger.debug
             keeping = "keeping the current config" if self._config else "no config yet"
-            logger.warning("the control plane sent an unusable document (%s); %s", exc, keeping)
+            log("the control plane sent an unusable document (%s); %s", exc, keeping)
             return False
         self._good_digest, self._bad_digest = digest, None
+        self._unusable = 0
         self._finish_failure_streak()
         self._etag = answer.etag
         self._write_cache(_without_write_key(document), answer.etag)

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from analytics_sdk._files import make_private_dirs
 from analytics_sdk._logging import logger
 from analytics_sdk.errors import ConfigurationError
 
@@ -75,7 +76,7 @@ class Storage:
         """
         self.path = path = path.expanduser()
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(path.parent)
             self._lock_fd = _claim(path.with_name(path.name + ".lock"), path)
         except OSError as exc:
             raise _unusable(path, exc) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import ipaddress
 import math
 import os
 import threading
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from analytics_sdk._logging import logger, register_secret
+from analytics_sdk._logging import logger, mask_secrets, register_secret
 from analytics_sdk._serialization import DEFAULT_TAIL, now_iso
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, Reason
@@ -42,6 +43,9 @@ UNSENDABLE = (
     requests.exceptions.MissingSchema,
     requests.exceptions.InvalidHeader,
 )
+# What a plain OSError (not a requests exception) from sending means: requests raises one
+# for a `verify=` CA bundle or a `cert=` file it cannot find, before any connection.
+UNREADABLE_TLS_FILES = "check verify= (a CA bundle file or directory) and cert="
 
 
 class Transport:
@@ -58,6 +62,7 @@ class Transport:
         self._options = options
         self._stop = stop  # set when shutdown's budget is spent: abandon backoff waits
         self._url = f"{options.data_plane_url}/v1/batch"
+        warn_if_cleartext("data_plane_url", options.data_plane_url)
         session, self._own_session, request_options = open_session(options, self._url)
         self._session = session
         # The write key is read here and only here; the header value stays in this object.
@@ -121,7 +126,14 @@ class Transport:
                     count=len(messages),
                 ) from None
             except requests.RequestException as exc:  # resets, timeouts, broken reads
-                status, hint, problem = None, None, type(exc).__name__
+                status, hint, problem = None, None, network_problem(exc)
+            except OSError as exc:  # after RequestException, which is an OSError too
+                raise DeliveryError(
+                    f"the request cannot be made ({type(exc).__name__}: "
+                    f"{self._mask(str(exc))}); {UNREADABLE_TLS_FILES}",
+                    reason=Reason.REQUEST_ERROR,
+                    count=len(messages),
+                ) from None
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -166,12 +178,16 @@ class Transport:
 
     def _snippet(self, response: requests.Response) -> str:
         """The start of the server's answer, with our secrets masked (servers echo them)."""
-        text = (response.text or "").strip().replace("\n", " ")
-        for secret in self._secrets:
-            text = text.replace(secret, "**********")
+        text = self._mask((response.text or "").strip().replace("\n", " "))
         if len(text) > _BODY_SNIPPET:
             return text[:_BODY_SNIPPET] + "..."
         return text or "(no body)"
+
+    def _mask(self, text: str) -> str:
+        """Our key and token, and every secret registered (destinations' keys), masked."""
+        for secret in self._secrets:
+            text = text.replace(secret, "**********")
+        return mask_secrets(text)
 
     def _post(self, messages: Sequence[bytes]) -> requests.Response:
         body = build_body(messages, now_iso().encode())
@@ -198,9 +214,13 @@ def open_session(options: ClientOptions, url: str) -> tuple[requests.Session, bo
     """
     own = options.session is None
     session: requests.Session = options.session or requests.Session()
-    settings = session.merge_environment_settings(
-        url, options.proxies or {}, False, options.verify, None
-    )
+    verify = options.verify
+    if isinstance(verify, str) and not verify.strip():
+        # requests reads a blank CA bundle path as "do not verify". A blank setting (an
+        # unset environment variable passed through, say) must not switch TLS checks off.
+        logger.warning("verify is blank, not a CA bundle path: TLS verification stays on")
+        verify = None
+    settings = session.merge_environment_settings(url, options.proxies or {}, False, verify, None)
     if own:
         session.trust_env = False
     request_options = {
@@ -210,6 +230,75 @@ def open_session(options: ClientOptions, url: str) -> tuple[requests.Session, bo
         "cert": settings["cert"],
     }
     return session, own, request_options
+
+
+def network_problem(exc: requests.RequestException) -> str:
+    """Loggable text for a failed request: the exception's type, and for TLS what to do.
+
+    Never the exception's text: requests quotes proxy URLs in it, passwords included.
+    """
+    problem = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return (
+                f"{problem}: the server's TLS certificate is not trusted (for a private CA, "
+                "pass verify='/path/to/ca-bundle.pem')"
+            )
+        return f"{problem}: the TLS handshake failed"
+    return problem
+
+
+# -- plain http:// to another machine -------------------------------------------------------
+
+_cleartext_warned: set[str] = set()  # hosts warned about, once per process
+_cleartext_lock = threading.Lock()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (IPv4-mapped too), from the text alone.
+
+    No DNS: a name other than localhost counts as another machine, whatever it resolves to.
+    """
+    host = host.lower()
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: zone dropped
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def warn_if_cleartext(option: str, url: str | None) -> None:
+    """Log a WARNING, once per process per host, when `url` is plain http:// to a host that
+    is not this machine: the write key goes in every request's Authorization header.
+
+    Called where a transport or a config fetcher is built (never in track()); it reads the
+    URL's text only. Loopback URLs (the dev server, tests, a local sidecar) stay quiet. The
+    host is named, never the URL: it may carry a user and password.
+    """
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return
+    if parts.scheme.lower() != "http" or not host or is_loopback_host(host):
+        return
+    with _cleartext_lock:
+        if host in _cleartext_warned:
+            return
+        _cleartext_warned.add(host)
+    logger.warning(
+        "%s is plain http:// to %s, another machine: the write key (sent with every request) "
+        "and the events travel in clear text, readable by anyone on the network path; "
+        "use https://",
+        option,
+        host,
+    )
 
 
 def build_body(messages: Sequence[bytes], sent_at: bytes) -> bytes:
@@ -285,9 +374,15 @@ def _load_backoff() -> Any:
     return backoff
 
 
+def _after_fork_in_child() -> None:
+    global _cleartext_lock
+    _import_lock.release()  # held by the forking thread: ours to release
+    _cleartext_lock = threading.Lock()  # another thread may have held it: the child's own
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_import_lock.acquire,
         after_in_parent=_import_lock.release,
-        after_in_child=_import_lock.release,  # held by the forking thread: ours to release
+        after_in_child=_after_fork_in_child,
     )

@@ -67,6 +67,8 @@ def _check_url(value: str | None) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain a user or password (the write key is the credential)")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(
             f"must be an http:// or https:// URL with a host (got scheme {parts.scheme!r})"
@@ -84,7 +86,7 @@ class ClientOptions(BaseModel):
     write_key: SecretStr  # repr() and logs show '**********'
     data_plane_url: str | None = None  # None only when nothing is sent (send=False)
     control_plane_url: str | None = None
-    source_config: dict[str, Any] | Path | None = None
+    source_config: dict[str, Any] | Path | None = Field(default=None, repr=False)  # API keys
     flush_at: int = Field(default=DEFAULT_FLUSH_AT, ge=1, le=100_000)
     flush_interval: float = Field(
         default=DEFAULT_FLUSH_INTERVAL, gt=0, le=3600, allow_inf_nan=False

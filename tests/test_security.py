@@ -1,7 +1,10 @@
-"""The write key stays secret, and the SDK logs only through its own logger (LESSONS 16, 11.4).
+"""Security: secrets, private files, TLS and clear text (LESSONS 16, 17, 11.4; issue 6).
 
 A run that retries, is refused with 401 and is given invalid calls, with every logger at
-DEBUG: the key shows up in no log record, no reported error, no repr and no traceback.
+DEBUG: the key shows up in no log record, no reported error, no repr and no traceback. The
+identity and sourceConfig cache files are 0600 in 0700 directories whatever the umask; TLS
+is verified by default against a real HTTPS server on 127.0.0.1; plain http:// to another
+machine is warned about once. Device mode's secrets: test_security_device_mode.py.
 """
 
 from __future__ import annotations
@@ -9,16 +12,39 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import queue
+import re
+import shutil
+import socket
+import ssl
+import stat
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from conftest import MakeClient
+from requests.adapters import HTTPAdapter
+from support.control_plane import ControlPlane, running_control_plane
 from support.servers import DataPlane, Reply
 
-from analytics_sdk import AnalyticsError, Client, DeliveryError, InvalidMessageError, Reason
+from analytics_sdk import (
+    AnalyticsError,
+    Client,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessageError,
+    Reason,
+)
+from analytics_sdk._logging import child_logger, register_secret
+from analytics_sdk._source_config import SourceConfigClient
+from analytics_sdk._transport import warn_if_cleartext
+from analytics_sdk.options import ClientOptions
 
 KEY = "wk_SECRET_abc123"
 TOKEN = base64.b64encode(f"{KEY}:".encode()).decode()  # what the Authorization header holds
@@ -257,3 +283,416 @@ print(json.dumps({
     assert "dropped 1 message(s)" in line
     assert "retries_exhausted" in line
     assert "wk_SECRET_abc123" not in result.stderr
+
+
+# -- secrets in tracebacks and configuration errors -------------------------------------------
+
+
+@pytest.mark.allow_sdk_errors  # it logs tracebacks at ERROR on purpose
+def test_a_secret_in_a_logged_traceback_is_masked_at_every_level() -> None:
+    """A wrapper's exception may quote its API key; DEBUG lines with exc_info are records too."""
+    register_secret(KEY)
+    records: list[logging.LogRecord] = []
+    capture = _Capture(records)
+    loggers = [logging.getLogger("analytics_sdk"), child_logger("integrations.acme")]
+    loggers[0].addHandler(capture)  # the child's records propagate to it
+    try:
+        for log in loggers:
+            for level in (logging.DEBUG, logging.ERROR):
+                try:
+                    raise RuntimeError(f"the destination refused {KEY}")
+                except RuntimeError:
+                    log.log(level, "the wrapper failed", exc_info=True, stack_info=True)
+            try:
+                raise ValueError("nothing secret here")
+            except ValueError:
+                log.debug("a harmless failure", exc_info=True)
+    finally:
+        loggers[0].removeHandler(capture)
+
+    assert len(records) == 6
+    for record in records:
+        assert_no_secret(formatted(record))
+    masked = [r for r in records if r.getMessage() == "the wrapper failed"]
+    assert all(r.exc_info is None for r in masked)  # no handler can format it anew
+    assert all("RuntimeError: the destination refused **********" in formatted(r) for r in masked)
+    harmless = [r for r in records if r.getMessage() == "a harmless failure"]
+    assert all(r.exc_info is not None for r in harmless)  # untouched without a secret
+
+
+class _Capture(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self._records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(record)
+
+
+@pytest.mark.parametrize(
+    ("write_key", "data_plane_url", "options"),
+    [
+        (KEY, "not a url", {}),
+        ("https://dp.example.com", KEY, {}),  # the arguments swapped
+        (KEY, f"https://dp.example.com/?key={KEY}", {}),
+        (KEY, "https://dp.example.com", {"control_plane_url": KEY}),
+        (KEY, "https://dp.example.com", {"flush_at": KEY}),
+        (KEY, "https://dp.example.com", {"timeout": KEY}),
+        (KEY, "https://dp.example.com", {"context": KEY}),
+        (KEY, "https://dp.example.com", {"verify": {"key": KEY}}),
+        (KEY, "https://dp.example.com", {"on_error": KEY}),
+        (KEY, "https://dp.example.com", {"unknown_option": KEY}),
+        (KEY, "https://dp.example.com", {"integrations": [KEY]}),
+    ],
+)
+def test_configuration_errors_never_quote_the_key(
+    write_key: str, data_plane_url: str, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Client(write_key, data_plane_url, **options)
+
+    assert "invalid client options" in str(info.value)
+    assert_no_secret(str(info.value))
+    assert_no_secret(repr(info.value))
+    assert_no_secret(rendered(info.value))
+
+
+def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Client(KEY, "http://user:hunter22@127.0.0.1:9", send=False)
+
+    assert "hunter22" not in str(info.value)
+
+
+# -- private files: the identity and the sourceConfig cache ----------------------------------
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """umask 0: what the process asks for is what files get, unless the SDK asks for less."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_identity_and_config_cache_are_private_even_under_umask_0(
+    make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("analytics_sdk._factory.discover", dict)  # no wrapper reaches out
+    identity = tmp_path / "state" / "app" / "identity.json"
+    cache = tmp_path / "cache" / "sdk"
+    with running_control_plane(KEY) as control_plane:
+        client = make_client(
+            write_key=KEY,
+            identity_path=identity,
+            control_plane_url=control_plane.url,
+            config_cache_path=cache,
+            config_refresh_interval=0.01,
+        )
+        client.track(event="Opened")  # the anonymousId is made and saved; device mode starts
+        assert control_plane.wait_for_requests(2)  # the first answer is handled: cached
+        client.reset()  # the identity is written again
+
+    (cached,) = cache.iterdir()
+    for directory in (tmp_path / "state", identity.parent, tmp_path / "cache", cache):
+        assert mode(directory) == 0o700, directory
+    for file in (identity, cached):
+        assert mode(file) == 0o600, file
+    assert sorted(p.name for p in identity.parent.iterdir()) == ["identity.json"]  # no temp left
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_a_loose_file_left_by_someone_else_becomes_private_when_rewritten(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    identity = tmp_path / "identity.json"
+    identity.write_text('{"anonymousId": "a-1", "userId": null, "traits": {}}')
+    identity.chmod(0o644)
+    client = make_client(identity_path=identity, stateful=True)
+
+    client.identify("u1", {"plan": "pro"})
+
+    assert mode(identity) == 0o600
+    assert json.loads(identity.read_text())["userId"] == "u1"
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+WAIT = 10.0
+
+
+def recorder(reported: Reported) -> Callable[[AnalyticsError, list[dict[str, Any]]], None]:
+    return lambda error, messages: reported.append((error, messages))
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by `openssl`."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the TLS tests need the openssl command (.ci/run installs it)")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def https_url(server: DataPlane | ControlPlane, certificate: tuple[Path, Path]) -> str:
+    """Serve TLS on `server`'s socket (before it starts); its https:// URL."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server.url.replace("http://", "https://")
+
+
+@pytest.fixture
+def https_data_plane(certificate: tuple[Path, Path]) -> Iterator[tuple[DataPlane, str]]:
+    server = DataPlane()
+    url = https_url(server, certificate)
+    server.start()
+    try:
+        yield server, url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def verify_seen(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The `verify` argument of every request requests' adapter sends."""
+    seen: list[object] = []
+    original = HTTPAdapter.send
+
+    def send(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("verify"))
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(HTTPAdapter, "send", send)
+    return seen
+
+
+def test_tls_is_verified_by_default_and_the_failure_is_reported(
+    make_client: MakeClient,
+    https_data_plane: tuple[DataPlane, str],
+    verify_seen: list[object],
+) -> None:
+    server, url = https_data_plane
+    reported: Reported = []
+    client = make_client(data_plane_url=url, max_retries=0,
+                         on_error=recorder(reported))  # fmt: skip
+
+    assert client.track("u1", "Untrusted") is not None
+    assert client.flush(timeout=WAIT)
+
+    assert server.events == []
+    ((error, messages),) = reported
+    assert error.reason == Reason.RETRIES_EXHAUSTED
+    assert "certificate is not trusted" in str(error)
+    assert "verify=" in str(error)  # what to do about it
+    assert [m["event"] for m in messages] == ["Untrusted"]
+    assert client.stats().dropped == {"retries_exhausted": 1}
+    assert verify_seen
+    assert all(v is True or (isinstance(v, str) and v.strip()) for v in verify_seen)
+
+
+def test_a_ca_bundle_given_as_verify_reaches_the_transport_and_delivers(
+    make_client: MakeClient,
+    https_data_plane: tuple[DataPlane, str],
+    certificate: tuple[Path, Path],
+    verify_seen: list[object],
+) -> None:
+    server, url = https_data_plane
+    client = make_client(data_plane_url=url, verify=str(certificate[0]))
+
+    client.track("u1", "Trusted")
+    assert client.flush(timeout=WAIT)
+
+    assert [e["event"] for e in server.events] == ["Trusted"]
+    assert verify_seen == [str(certificate[0])]
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_verify_does_not_switch_verification_off(
+    make_client: MakeClient, https_data_plane: tuple[DataPlane, str], blank: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """requests reads verify="" as "do not verify": an unset variable passed through."""
+    server, url = https_data_plane
+    reported: Reported = []
+    client = make_client(data_plane_url=url, max_retries=0, verify=blank,
+                         on_error=recorder(reported))  # fmt: skip
+
+    client.track("u1", "Untrusted")
+    assert client.flush(timeout=WAIT)
+
+    assert server.events == []
+    assert [error.reason for error, _ in reported] == [Reason.RETRIES_EXHAUSTED]
+    assert "verification stays on" in caplog.text
+
+
+def test_a_missing_ca_bundle_is_a_request_error_not_a_crash(
+    make_client: MakeClient, https_data_plane: tuple[DataPlane, str], tmp_path: Path
+) -> None:
+    _server, url = https_data_plane
+    reported: Reported = []
+    client = make_client(data_plane_url=url, verify=str(tmp_path / "missing.pem"),
+                         on_error=recorder(reported))  # fmt: skip
+
+    client.track("u1", "Lost")
+    assert client.flush(timeout=WAIT)
+
+    ((error, _messages),) = reported
+    assert error.reason == Reason.REQUEST_ERROR  # not retried, not an internal error
+    assert "verify=" in str(error)
+
+
+def test_the_source_config_fetch_verifies_tls_too(
+    certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("analytics_sdk._source_config.BACKOFF_BASE", 0.001)
+    server = ControlPlane(KEY)
+    url = https_url(server, certificate)
+    server.start()
+    outcomes: queue.Queue[str] = queue.Queue()
+    try:
+        for verify in (None, str(certificate[0])):
+            options = ClientOptions.build(KEY, "http://127.0.0.1:9", {
+                "control_plane_url": url, "verify": verify, "config_cache_path": tmp_path,
+                "config_refresh_interval": 60.0}, environ={})  # fmt: skip
+            config = SourceConfigClient(
+                options,
+                lambda _config, origin: outcomes.put(origin),
+                lambda reason: outcomes.put(f"unavailable: {reason}"),
+            )
+            config.start()
+            try:
+                outcome = outcomes.get(timeout=WAIT)
+            finally:
+                config.stop(2.0)
+            if verify is None:
+                assert outcome.startswith("unavailable")
+                assert "certificate is not trusted" in caplog.text
+            else:
+                assert outcome == "control_plane"
+    finally:
+        server.stop()
+
+
+# -- plain http:// to another machine ----------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _cleartext_warnings_not_given_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("analytics_sdk._transport._cleartext_warned", set())
+
+
+class OfflineSession(requests.Session):
+    """A `session=` that answers without any network: 200 to batches, a sourceConfig to GETs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.urls.append(str(request.url))
+        response = requests.Response()
+        response.status_code = 200
+        response.url = str(request.url)
+        body = {"source": {"id": "s", "destinations": []}} if request.method == "GET" else {}
+        response._content = json.dumps(body).encode()
+        response._content_consumed = True  # type: ignore[attr-defined]
+        return response
+
+
+def cleartext_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records
+        if r.levelno == logging.WARNING and "clear text" in r.getMessage()
+    ]  # fmt: skip
+
+
+def test_plain_http_to_another_machine_warns_once_per_host_without_dns(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_dns(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a DNS lookup: {args[0]!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr("analytics_sdk._factory.discover", dict)
+    session = OfflineSession()
+    clients = [
+        Client(KEY, "http://analytics.example.com", session=session,
+               control_plane_url="http://analytics.example.com:8080"),
+        Client(KEY, "http://analytics.example.com", session=session),  # the same host again
+        Client(KEY, "https://secure.example.com", session=session,
+               control_plane_url="http://10.1.2.3"),
+    ]  # fmt: skip
+    try:
+        for client in clients:
+            assert client.track("u1", "Over The Wire") is not None
+            assert client.flush(timeout=WAIT)  # waits for the config too
+    finally:
+        for client in clients:
+            client.shutdown(timeout=1.0)
+
+    assert len(session.urls) == 5  # three batches and two sourceConfig fetches, offline
+    # One per host: the first client's data plane and control plane share one.
+    warnings = sorted(cleartext_warnings(caplog), key=lambda w: "10.1.2.3" in w)
+    assert len(warnings) == 2, warnings
+    assert re.match(r"(data|control)_plane_url is plain http:// to analytics\.example\.com,",
+                    warnings[0])  # fmt: skip
+    assert warnings[1].startswith("control_plane_url is plain http:// to 10.1.2.3,")
+    for warning in warnings:
+        assert "write key" in warning
+        assert "https://" in warning
+        assert_no_secret(warning)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://127.45.6.7",
+        "http://localhost:8080/rudder",
+        "http://LOCALHOST",
+        "http://localhost.:9",
+        "http://[::1]:8080",
+        "http://[::ffff:127.0.0.1]:8080",
+        "https://analytics.example.com",
+        "https://10.1.2.3:8443",
+    ],
+)
+def test_loopback_and_https_urls_stay_quiet(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    warn_if_cleartext("data_plane_url", url)
+
+    assert cleartext_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://analytics.example.com",
+        "http://127.0.0.1.nip.io",  # resolves to loopback, but only DNS knows: warned
+        "http://10.0.0.5:8080",
+        "http://[2001:db8::1]",
+        "http://[::2]",
+        "HTTP://Analytics.Example.com",
+    ],
+)
+def test_plain_http_to_other_hosts_warns(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    warn_if_cleartext("data_plane_url", url)
+    warn_if_cleartext("control_plane_url", url)
+
+    assert len(cleartext_warnings(caplog)) == 1
