@@ -285,7 +285,7 @@ class Consumer:
         an `on_error` callback (the exit hook finishes the job then).
         """
         self.begin_shutdown()
-        return self.finish_shutdown(deadline_for(timeout), at_exit=at_exit)
+        return self.finish_shutdown(deadline_for(timeout), at_exit=at_exit, budget=timeout)
 
     def begin_shutdown(self) -> None:
         """Stop intake and send what is queued without waiting (the exit hook starts every
@@ -295,7 +295,9 @@ class Consumer:
             self._closing = True
             self._work.notify()
 
-    def finish_shutdown(self, deadline: float | None, *, at_exit: bool = False) -> bool:
+    def finish_shutdown(
+        self, deadline: float | None, *, at_exit: bool = False, budget: float | None = None
+    ) -> bool:
         """Wait for the drain until `deadline`; then report what is left and stop.
 
         At interpreter exit the HTTP session is left to the OS: closing urllib3's pool from
@@ -308,7 +310,7 @@ class Consumer:
         self._ensure_thread()
         drained = self._wait_settled(target, deadline)
         if not drained:
-            self._abandon()
+            self._abandon(self._options.shutdown_timeout if budget is None else budget)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             # Drained: the thread is leaving now. Abandoned: it may sit in a request that
@@ -339,7 +341,7 @@ class Consumer:
                 self._settled_cond.wait(min(remaining, threading.TIMEOUT_MAX))
             return True
 
-    def _abandon(self) -> None:
+    def _abandon(self, budget: float) -> None:
         """Shutdown's budget is spent: report the queue and the unsettled in-flight rest."""
         with self._lock:
             self._stop.set()  # wakes a backoff wait; no new batch is taken
@@ -360,7 +362,7 @@ class Consumer:
             )
             error = DeliveryError(
                 f"{count} message(s) not delivered within the shutdown budget "
-                f"({self._options.shutdown_timeout} s){kept}",
+                f"({budget} s){kept}",
                 reason=Reason.SHUTDOWN,
                 count=count,
             )

@@ -304,6 +304,7 @@ def test_shutdown_reports_what_it_cannot_deliver_within_its_budget(
 
     assert sum(error.count for error, _ in reports if isinstance(error, DeliveryError)) == 12
     assert all(error.reason == "shutdown" for error, _ in reports)
+    assert "within the shutdown budget (0.5 s)" in str(reports[0][0])  # the one it was given
     stats = client.stats()
     assert (stats.failed, stats.queued, stats.dropped) == (12, 0, {"shutdown": 12})
     started = time.monotonic()

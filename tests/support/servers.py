@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import socket
@@ -60,7 +61,9 @@ class DataPlane(ThreadingHTTPServer):
 
     Accepted batches (2xx) are in `batches`/`events`; every request, answered or not, is in
     `requests`. A `respond(request) -> Reply | None` hook can reject by content (the 400
-    for a poisoned message), `max_body` answers 413 above a size.
+    for a poisoned message), `max_body` answers 413 above a size. `take_down()` and
+    `bring_back()` stage an outage: nothing listens on the port for a while, then the
+    server is back on the same port.
     """
 
     daemon_threads = True
@@ -76,6 +79,11 @@ class DataPlane(ThreadingHTTPServer):
         self.max_body: int | None = None
         self.stopping = threading.Event()
         self.received = threading.Condition(self.lock)
+        self.down = False  # between take_down() and bring_back()
+        self._answering = 0  # requests between being read and being answered
+        self._idle = threading.Condition(self.lock)
+        # Open connections -> whether a request on it is being answered right now.
+        self._connections: dict[socket.socket, bool] = {}
         self._thread: threading.Thread | None = None
 
     @property
@@ -101,6 +109,45 @@ class DataPlane(ThreadingHTTPServer):
                     return False
                 self.received.wait(remaining)
             return True
+
+    def wait_idle(self, requests: int = 0, timeout: float = 10.0) -> bool:
+        """Block until no request is being answered and at least `requests` were received.
+
+        A delayed reply records its batch only when its delay is over: wait for this before
+        counting what the server accepted.
+        """
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._answering or len(self.requests) < requests:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+            return True
+
+    def take_down(self) -> None:
+        """Stop listening (new connections are refused) and close idle keep-alive ones.
+
+        A request being answered is answered in full and its connection closed after: the
+        client sees either that answer or a connection error, never half of one.
+        """
+        with self.lock:
+            self.down = True
+            idle = [conn for conn, busy in self._connections.items() if not busy]
+        self.shutdown()
+        self.server_close()
+        for conn in idle:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                conn.shutdown(socket.SHUT_RDWR)  # the handler's read ends; the client sees EOF
+
+    def bring_back(self) -> None:
+        """Listen on the same port again after `take_down()`."""
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        self.server_bind()  # server_address holds the port the first bind got
+        self.server_activate()
+        with self.lock:
+            self.down = False
+        self.start()
 
     def start(self) -> DataPlane:
         self._thread = threading.Thread(
@@ -134,7 +181,44 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real data planes do
     disable_nagle_algorithm = True  # else headers + body wait out delayed ACKs (40 ms)
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server._connections[self.connection] = False
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.lock:
+                self.server._connections.pop(self.connection, None)
+
     def do_POST(self) -> None:
+        server = self.server
+        with server.lock:
+            refused = server.down  # a request that raced take_down(): as if the process died
+            if not refused:
+                server._answering += 1
+                server._connections[self.connection] = True
+        if refused:
+            self._reset()
+            return
+        try:
+            self._answer()
+        finally:
+            with server.lock:
+                server._answering -= 1
+                server._connections[self.connection] = False
+                if server.down:
+                    self.close_connection = True
+                server._idle.notify_all()
+
+    def _reset(self) -> None:
+        # SO_LINGER 0 turns close() into a RST: the client sees "connection reset".
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+    def _answer(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length)
         body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
@@ -154,11 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if reply.reset:
-            # SO_LINGER 0 turns close() into a RST: the client sees "connection reset".
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-            self.close_connection = True
+            self._reset()
             return
         if reply.delay:
             time.sleep(reply.delay)

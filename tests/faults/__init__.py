@@ -1,0 +1,1 @@
+"""Fault injection: the SDK against a misbehaving data plane, every message accounted for."""
