@@ -2,9 +2,10 @@
 
 The rules of DESIGN 4: datetime/date -> ISO-8601 (naive = UTC); Decimal -> JSON number;
 UUID -> str; Enum -> its value; set/tuple/frozenset -> list; bytes -> UTF-8 text;
-dataclasses and pydantic models -> objects; NaN/Infinity, cycles, invalid UTF-8 and unknown
-objects are rejected naming the key path. A value that needs nothing converted is returned
-as it is (no copy): the snapshot is the serialized bytes, made right after.
+dataclasses and pydantic models -> objects; NaN/Infinity, cycles, invalid UTF-8, unknown
+objects, objects whose conversion raises and keys that become the same string are rejected
+naming the key path. A value that needs nothing converted is returned as it is (no copy):
+the snapshot is the serialized bytes, made right after.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from datetime import time as dt_time
 from decimal import Decimal
 from math import isfinite
@@ -87,8 +88,11 @@ def format_time(value: datetime) -> str:
     Raises:
         OverflowError: an aware datetime whose UTC instant is outside year 1..9999.
     """
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
+    # Not `tzinfo is not None`: a tzinfo whose utcoffset() is None leaves the datetime
+    # naive (Python's definition), and astimezone() would read it as *local* time.
+    offset = value.utcoffset()
+    if offset is not None:
+        value = value - offset  # the UTC wall time; the tzinfo left on it is not read
     # Explicit padding: strftime("%Y") gives "999", not "0999", on glibc.
     return (
         f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
@@ -240,10 +244,20 @@ def _clean(value: Any, depth: int, active: set[int]) -> Any:
         return _clean_dict(value, depth, active)
     if kind is list:
         return _clean_list(value, depth, active)
-    return _convert(value, depth, active)
+    try:
+        return _convert(value, depth, active)
+    except (_BadValueError, RecursionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile value is the caller's problem
+        # A property, a tzinfo or a Mapping that raises: the value is rejected naming its
+        # path like any other bad value, not counted as an internal error of ours.
+        raise _BadValueError(
+            f"has type {type(value).__name__}; converting it raised {type(exc).__name__}"
+        ) from None
 
 
 def _enter(container: object, depth: int, active: set[int]) -> int:
+    """Depth and cycle check; `container` is the caller's object (not a copy made of it)."""
     if depth >= MAX_DEPTH:
         raise _BadValueError(f"nested deeper than {MAX_DEPTH} levels")
     ident = id(container)
@@ -253,24 +267,34 @@ def _enter(container: object, depth: int, active: set[int]) -> int:
     return ident
 
 
-def _clean_dict(value: Mapping[Any, Any], depth: int, active: set[int]) -> dict[str, Any]:
-    ident = _enter(value, depth, active)
+def _clean_dict(
+    value: Mapping[Any, Any], depth: int, active: set[int], owner: object = None
+) -> dict[str, Any]:
+    """`owner`: the caller's object `value` was made from (a Mapping, dataclass, model)."""
+    ident = _enter(value if owner is None else owner, depth, active)
     out: dict[str, Any] = {}
     for key, item in value.items():
+        new_key = key if type(key) is str else None
         try:
-            new_key = key if type(key) is str else _clean_key(key)
+            if new_key is None:
+                new_key = _clean_key(key)
+            if new_key in out:  # {1: "a", "1": "b"}: one value would vanish silently
+                raise _BadValueError(
+                    "is the same key as another once converted to a string "
+                    "(JSON keys must be unique)"
+                )
             if not new_key.isascii():
                 _check_text(new_key)
             out[new_key] = _clean(item, depth + 1, active)
         except _BadValueError as exc:
-            exc.path.append(key if isinstance(key, str) else repr(key))
+            exc.path.append(_describe_key(key) if new_key is None else new_key)
             raise
     active.discard(ident)
     return out
 
 
-def _clean_list(value: list[Any], depth: int, active: set[int]) -> list[Any]:
-    ident = _enter(value, depth, active)
+def _clean_list(value: list[Any], depth: int, active: set[int], owner: object = None) -> list[Any]:
+    ident = _enter(value if owner is None else owner, depth, active)
     out: list[Any] = []
     for index, item in enumerate(value):
         try:
@@ -283,13 +307,26 @@ def _clean_list(value: list[Any], depth: int, active: set[int]) -> list[Any]:
 
 
 def _clean_key(key: Any) -> str:
-    if isinstance(key, enum.Enum) and isinstance(key.value, (str, int)):
-        key = key.value
-    if isinstance(key, str):
-        return str.__str__(key)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(int(key))  # as json.dumps does: {1: "a"} -> {"1": "a"}
+    try:
+        if isinstance(key, enum.Enum) and isinstance(key.value, (str, int)):
+            key = key.value
+        if isinstance(key, str):
+            return str.__str__(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            return int.__repr__(key)  # as json.dumps does: {1: "a"} -> {"1": "a"}
+    except Exception as exc:  # noqa: BLE001 - a hostile key: rejected like a bad value
+        raise _BadValueError(
+            f"has a key of type {type(key).__name__}; converting it raised {type(exc).__name__}"
+        ) from None
     raise _BadValueError(f"has a key of type {type(key).__name__}; JSON keys must be strings")
+
+
+def _describe_key(key: Any) -> str:
+    """A key that could not become a string, as the key path shows it (repr may raise)."""
+    try:
+        return repr(key)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real problem
+        return f"<{type(key).__name__} object>"
 
 
 def _check_text(text: str) -> None:
@@ -306,9 +343,9 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return int(value)
+        return int.__int__(value)  # not int(): a subclass's own __int__ may say anything
     if isinstance(value, float):
-        return _clean(float(value), depth, active)
+        return _clean(float.__float__(value), depth, active)
     if isinstance(value, str):
         return _clean(str.__str__(value), depth, active)
     if isinstance(value, Decimal):
@@ -326,9 +363,9 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, Mapping):
-        return _clean_dict(dict(value), depth, active)
+        return _clean_dict(dict(value), depth, active, owner=value)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return _clean_list(list(value), depth, active)
+        return _clean_list(list(value), depth, active, owner=value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             return bytes(value).decode("utf-8")
@@ -337,10 +374,10 @@ def _convert(value: Any, depth: int, active: set[int]) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, BaseModel):
-        return _clean_dict(value.model_dump(), depth, active)
+        return _clean_dict(value.model_dump(), depth, active, owner=value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return _clean_dict(fields, depth, active)
+        return _clean_dict(fields, depth, active, owner=value)
     if callable(getattr(value, "tolist", None)) and hasattr(value, "dtype"):
         return _clean(value.tolist(), depth, active)  # numpy scalars and arrays, duck-typed
     raise _BadValueError(f"has type {type(value).__name__}, which has no JSON form")

@@ -207,7 +207,7 @@ class Client:
                 raise _invalid("event", "is required and must be a non-empty string")
             message: JsonDict = {
                 "type": "track",
-                "event": event,
+                "event": _unicode(event, "event"),
                 "properties": self._object(properties, "properties"),
             }
             return self._finish(
@@ -668,7 +668,7 @@ def _id(value: object, field: str) -> str | None:
     kind = type(value)
     if kind is str:
         if value:
-            return value  # type: ignore[return-value]  # narrowed by the type check
+            return _unicode(value, field)  # type: ignore[arg-type]  # narrowed by the type check
         raise _invalid(field, "must not be empty (pass None to leave it out)")
     if kind is int or isinstance(value, uuid.UUID):
         return str(value)
@@ -678,6 +678,19 @@ def _id(value: object, field: str) -> str | None:
 def _text(value: object, field: str) -> str:
     if not isinstance(value, str) or type(value) is not str:
         raise _invalid(field, f"must be a string (got {type(value).__name__})")
+    return _unicode(value, field)
+
+
+def _unicode(value: str, field: str) -> str:
+    """`value` if it has a UTF-8 form: a lone surrogate ('\\ud800', from a bad decode) has none."""
+    if value.isascii():  # the common case, in one C pass
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _invalid(
+            field, f"holds a lone surrogate at index {exc.start}, which is not valid Unicode text"
+        ) from None
     return value
 
 
@@ -689,6 +702,10 @@ def _time(value: object) -> str:
             return format_time(datetime(value.year, value.month, value.day, tzinfo=timezone.utc))
     except (OverflowError, ValueError):
         raise _invalid("timestamp", "is outside the range of UTC datetimes") from None
+    except Exception as exc:  # noqa: BLE001 - a tzinfo of the caller's that raises
+        raise _invalid(
+            "timestamp", f"could not be read: its tzinfo raised {type(exc).__name__}"
+        ) from None
     if isinstance(value, str):
         try:  # Python 3.10's fromisoformat does not take a trailing Z
             parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
