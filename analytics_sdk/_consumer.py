@@ -434,9 +434,6 @@ class Consumer:
                     self._settle_rest_as_internal_error()
                 with self._lock:
                     self._inflight = None
-                    store = self._store
-                if store is not None:
-                    store.checkpoint_if_due()  # here, not in a caller's put(): see _storage.py
         except Exception:  # noqa: BLE001 - logged; the next put() or flush() restarts us
             logger.exception("the delivery thread stopped; the next call restarts it")
         finally:

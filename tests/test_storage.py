@@ -35,8 +35,11 @@ def rows_in(path: Path) -> list[dict[str, Any]]:
     """The messages in a queue file no client has open, oldest first."""
     import json
 
-    with sqlite3.connect(path) as db:
+    db = sqlite3.connect(path)  # closed at once: an open reader would keep the file locked
+    try:
         bodies = db.execute("SELECT body FROM analytics_sdk_queue_v1 ORDER BY id").fetchall()
+    finally:
+        db.close()
     return [json.loads(body) for (body,) in bodies]
 
 

@@ -145,3 +145,46 @@ def test_exit_with_the_data_plane_down_reports_and_keeps_for_the_next_run(
     finally:
         client.shutdown(timeout=2)
     assert sorted(data_plane.message_ids()) == sorted(ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_that_exits_normally_leaves_the_parents_file_intact(
+    data_plane: DataPlane, tmp_path: Path
+) -> None:
+    """The child inherits the parent's SQLite connection. When it exits normally (atexit,
+    interpreter teardown), that copy must not close: closing would checkpoint and unlink
+    the log the parent is still writing. The parent then crashes; nothing may be missing."""
+    queue_file = tmp_path / "events.sqlite"
+    data_plane.respond = lambda request: Reply(hang=True)  # rows stay in the file
+    result = run_support_script(
+        """
+        import json, os, sys, gc
+        from analytics_sdk import Client
+        client = Client("wk_test_key", sys.argv[1], storage_path=sys.argv[2], timeout=30)
+        ids = [client.track("parent", "Before") for _ in range(50)]
+        pid = os.fork()
+        if pid == 0:
+            client.track("child", "In the child")
+            del client
+            gc.collect()
+            sys.exit(0)  # a normal exit: atexit hooks and interpreter teardown run
+        os.waitpid(pid, 0)
+        ids += [client.track("parent", "After") for _ in range(50)]
+        print(json.dumps(ids), flush=True)
+        os._exit(0)  # the parent crashes: only the file can tell what it accepted
+        """,
+        data_plane.url,
+        str(queue_file),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    ids = json.loads(result.stdout.strip().splitlines()[-1])
+
+    data_plane.respond = None
+    client = Client("wk_test_key", data_plane.url, storage_path=queue_file)
+    try:
+        assert client.flush(timeout=20) is True
+    finally:
+        client.shutdown(timeout=2)
+    parents = {e["messageId"] for e in data_plane.events if e["userId"] == "parent"}
+    assert parents == set(ids)
