@@ -142,7 +142,7 @@ class Consumer:
 
     def _open_store(self, path: Path) -> None:
         """Own the queue file; what an earlier process left in it is accepted here, and
-        sent at once (the delivery thread starts now, not at the first call)."""
+        sent as soon as the client is built (start()), not at the first call."""
         from analytics_sdk._storage import Storage
 
         store = Storage(path, self._options.storage_sync)
@@ -156,7 +156,6 @@ class Consumer:
                 store.path,
                 store.count,
             )
-            self._ensure_thread()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue is the parent's; start from nothing.
@@ -229,9 +228,18 @@ class Consumer:
             count = self._stored
             if count >= self._max_queue_size or self._queued_bytes + size > self._max_queue_bytes:
                 return Reason.QUEUE_FULL
-            if not store.append(data):
-                self.storage_problem = store.problem
-                return Reason.STORAGE_ERROR
+            before = store.changes()
+            try:
+                if not store.append(data):
+                    self.storage_problem = store.problem
+                    return Reason.STORAGE_ERROR
+            except BaseException:
+                # Ctrl-C lands once the commit is done, as the GIL comes back: the row is in
+                # the file and will be sent, so it is counted (the exception still goes up).
+                if store.changes() != before:
+                    self._stored += 1
+                    self._count_in_locked(count, size)
+                raise
             self._stored += 1
             self._count_in_locked(count, size)
         if not self._running:
@@ -307,22 +315,45 @@ class Consumer:
             return False  # from on_error: waiting for ourselves would never end
         with self._lock:
             target = self._accepted
-        self._ensure_thread()
-        drained = self._wait_settled(target, deadline)
-        if not drained:
-            self._abandon(self._options.shutdown_timeout if budget is None else budget)
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            # Drained: the thread is leaving now. Abandoned: it may sit in a request that
-            # only its own timeout ends; it is a daemon and reports nothing more.
-            wait = 0.1 if not drained else _remaining(deadline, default=1.0)
-            thread.join(wait)
-        if self._transport is not None and not at_exit and not (thread and thread.is_alive()):
-            self._transport.close()
-        with self._lock:  # a thread still in a request finds it closed and leaves its rows
+        try:
+            self._ensure_thread()
+            drained = self._wait_settled(target, deadline)
+            if not drained:
+                self._abandon(self._options.shutdown_timeout if budget is None else budget)
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                # Drained: the thread is leaving now. Abandoned: it may sit in a request that
+                # only its own timeout ends; it is a daemon and reports nothing more.
+                wait = 0.1 if not drained else _remaining(deadline, default=1.0)
+                thread.join(wait)
+            if self._transport is not None and not at_exit and not (thread and thread.is_alive()):
+                self._transport.close()
+        finally:
+            self.close_store()  # a thread still in a request finds it closed, leaves its rows
+        return drained
+
+    def close_store(self) -> None:
+        """Close storage_path's file and give up its ownership (shutdown, or a Client whose
+        construction failed: its rows stay for the next client)."""
+        with self._lock:
             if self._store is not None:
                 self._store.close()
-        return drained
+
+    def start(self) -> None:
+        """The client is fully built: send what an earlier run left in storage_path now."""
+        if self._stored:
+            self._ensure_thread()
+
+    def hold_for_fork(self) -> bool:
+        """Before os.fork(): keep our threads out of SQLite, whose global mutexes a child
+        would inherit locked (and hang on at its first SQLite call). True if held."""
+        if self._store is None or self._pid != os.getpid():
+            return False
+        return self._lock.acquire(timeout=5.0)
+
+    def release_after_fork(self) -> None:
+        """In the parent, after os.fork(): undo hold_for_fork()."""
+        self._lock.release()
 
     def finished(self) -> bool:
         """True once shutdown began and every accepted message is settled."""
@@ -361,8 +392,7 @@ class Consumer:
                 else (f"; they stay in storage_path {self._store.path} for the next client on it")
             )
             error = DeliveryError(
-                f"{count} message(s) not delivered within the shutdown budget "
-                f"({budget} s){kept}",
+                f"{count} message(s) not delivered within the shutdown budget ({budget} s){kept}",
                 reason=Reason.SHUTDOWN,
                 count=count,
             )
@@ -382,7 +412,8 @@ class Consumer:
         else:
             from analytics_sdk._storage import StorageError
 
-            after = self._inflight_ids[-1] if self._inflight is not None else self._cursor
+            in_flight = self._inflight and self._inflight_ids
+            after = self._inflight_ids[-1] if in_flight else self._cursor
             try:
                 lost = [body for _, body in self._store.head(self._stored, after=after)]
             except StorageError as exc:
@@ -425,6 +456,8 @@ class Consumer:
                         return
                     self._inflight, self._inflight_done = batch, 0
                 if not batch:  # storage_path could not be read, or lost rows: see there
+                    with self._lock:
+                        self._inflight = None
                     self._report_vanished()
                     continue
                 try:
@@ -502,7 +535,7 @@ class Consumer:
             self._work.wait(self._options.flush_interval)
             return []
         if not rows:  # another program deleted rows: settle them, as lost, to keep count
-            self._vanished, self._stored, self._queued_bytes = self._stored, 0, 0
+            self._vanished, self._stored, self._queued_bytes = max(self._stored, 0), 0, 0
             self._failed += self._vanished
             return []
         batch: list[bytes] = []
@@ -515,8 +548,12 @@ class Consumer:
             batch.append(body)
             ids.append(row_id)
             size += weight
+        uncounted = len(batch) - self._stored
+        if uncounted > 0:  # committed by a call interrupted before it counted them
+            self._accepted += uncounted
+            self._stored += uncounted
         self._stored -= len(batch)
-        self._queued_bytes -= size
+        self._queued_bytes = max(0, self._queued_bytes - size)
         self._inflight_ids, self._inflight_forgotten = ids, 0
         if self._stored:
             self._oldest = time.monotonic()

@@ -23,8 +23,10 @@ every 1,000 pages (about every 500 calls, deletes included), a few milliseconds 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import stat
 import sys
 import time
 from pathlib import Path
@@ -48,7 +50,8 @@ else:
 
 _TABLE = "analytics_sdk_queue_v1"  # a new schema gets a new table (and a migration)
 _SYNC = {"normal": "NORMAL", "full": "FULL"}
-_BUSY_TIMEOUT_MS = 5_000  # another program may hold the file a moment (before we lock it)
+_BUSY_TIMEOUT_MS = 1_000  # another program may hold the file a moment (before we lock it)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a planted symlink must not redirect our writes
 _LOG_LIMIT_BYTES = 8 * 1024 * 1024  # the log file is cut back to this after a checkpoint
 
 # The SQLite connections of stores a forked child gave up (see Storage.forsake).
@@ -77,10 +80,7 @@ class Storage:
         except OSError as exc:
             raise _unusable(path, exc) from None
         try:
-            self._db = _open(path, sync)
-            self.count, self.size = self._db.execute(
-                f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {_TABLE}"
-            ).fetchone()
+            self._db, self.count, self.size = _open(path, sync)
         except (OSError, sqlite3.Error) as exc:
             _release(self._lock_fd)
             raise _unusable(path, exc) from None
@@ -89,6 +89,10 @@ class Storage:
             raise
         self.closed = False
         self.problem = ""
+
+    def changes(self) -> int:
+        """Rows written or deleted through this connection so far (SQLite's count)."""
+        return self._db.total_changes
 
     def append(self, body: bytes) -> bool:
         """Commit one row: it is in the file when this returns True. False: it could not
@@ -162,12 +166,14 @@ class Storage:
 
 def _unusable(path: Path, exc: Exception) -> ConfigurationError:
     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in why:
+        why += " (another program has it open: a client elsewhere whose lock file was removed?)"
     return ConfigurationError(f"invalid client options: storage_path {path} cannot be used: {why}")
 
 
 def _claim(lock_path: Path, path: Path) -> int:
     """Take the exclusive lock of a queue file, or raise naming the process that has it."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_private(lock_path)
     try:
         _lock(fd)
     except OSError:
@@ -202,9 +208,24 @@ def _read_owner(fd: int) -> str:
     return text if text.isdigit() else ""
 
 
-def _open(path: Path, sync: str) -> sqlite3.Connection:
-    """Open (or create, mode 0600) the queue file; a file that is not a usable SQLite
-    database is moved aside (kept for inspection) and a new one is started."""
+def _open_private(path: Path) -> int:
+    """Open or create `path` as a regular file of mode 0600, never through a symlink."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # an older file may have been created looser
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open(path: Path, sync: str) -> tuple[sqlite3.Connection, int, int]:
+    """Open (or create, mode 0600) the queue file: the connection, and the count and size
+    of the rows it holds. A file that is not a usable SQLite database, or a damaged one, is
+    moved aside (kept for inspection) and a new one is started."""
     try:
         return _connect(path, sync)
     except sqlite3.DatabaseError as exc:
@@ -227,9 +248,8 @@ def _open(path: Path, sync: str) -> sqlite3.Connection:
         return _connect(path, sync)
 
 
-def _connect(path: Path, sync: str) -> sqlite3.Connection:
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite copies its mode to -wal
-    os.chmod(path, 0o600)
+def _connect(path: Path, sync: str) -> tuple[sqlite3.Connection, int, int]:
+    os.close(_open_private(path))  # SQLite gives its log the mode of this file
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -244,7 +264,14 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {_TABLE} (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"
         )
+        count, size = db.execute(
+            f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {_TABLE}"
+        ).fetchone()
+        if count:  # leftovers: make sure every page of them can be read before we rely on it
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(f"damaged: {'; '.join(map(str, problems))}")
     except BaseException:
         db.close()
         raise
-    return db
+    return db, int(count), int(size)

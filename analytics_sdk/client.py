@@ -117,24 +117,29 @@ class Client:
     ) -> None:
         self._options = opts = ClientOptions.build(write_key, data_plane_url, options)
         register_secret(opts.write_key.get_secret_value())
-        self._reporter = Reporter(opts.on_error)
-        self._consumer = Consumer(opts, self._reporter, on_fork=self._after_fork)
-        self._identity = Identity(opts.identity_path)
-        self._discarded = 0
-        self._discarded_lock = threading.Lock()
-        self._closed = False
         try:
             self._base_context = clean(opts.context, "context") if opts.context else None
         except InvalidMessageError as exc:
             raise ConfigurationError(f"invalid client options: {exc}") from None
-        self._middleware = opts.middleware
-        self._device: DeviceMode | None = None
-        if opts.integrations or opts.control_plane_url or opts.source_config is not None:
-            from analytics_sdk._device_mode import DeviceMode
+        self._reporter = Reporter(opts.on_error)
+        self._consumer = Consumer(opts, self._reporter, on_fork=self._after_fork)
+        try:
+            self._identity = Identity(opts.identity_path)
+            self._discarded = 0
+            self._discarded_lock = threading.Lock()
+            self._closed = False
+            self._middleware = opts.middleware
+            self._device: DeviceMode | None = None
+            if opts.integrations or opts.control_plane_url or opts.source_config is not None:
+                from analytics_sdk._device_mode import DeviceMode
 
-            self._device = DeviceMode(opts, self._reporter, self._identity_anonymous_id)
+                self._device = DeviceMode(opts, self._reporter, self._identity_anonymous_id)
+        except BaseException:
+            self._consumer.close_store()  # the file is free again; its rows stay in it
+            raise
         _live_clients.add(self)
         _warn_if_duplicate(self)
+        self._consumer.start()
 
     def __repr__(self) -> str:
         return (
@@ -743,9 +748,13 @@ def _warn_if_duplicate(client: Client) -> None:
     if not opts.send:
         return
     for other in list(_live_clients):
-        if other is not client and not other._closed and (
-            other.options.write_key == opts.write_key
-            and other.options.data_plane_url == opts.data_plane_url
+        if (
+            other is not client
+            and not other._closed
+            and (
+                other.options.write_key == opts.write_key
+                and other.options.data_plane_url == opts.data_plane_url
+            )
         ):
             logger.warning(
                 "another live Client has the same write key and data plane; create one "
@@ -771,7 +780,10 @@ def _shutdown_all_at_exit() -> None:
         for client in clients:
             _guarded(lambda: client._finish_exit(deadline))  # noqa: B023 - called at once
     except KeyboardInterrupt:  # Ctrl-C during the exit drain: stop quietly (R1.5)
-        logger.warning("exit-time flush interrupted; undelivered messages are lost")
+        logger.warning(
+            "exit-time flush interrupted; undelivered messages are lost (with storage_path "
+            "they stay in the file for the next run)"
+        )
 
 
 def _guarded(step: Callable[[], object]) -> None:
@@ -800,6 +812,31 @@ def _flush_at_multiprocessing_exit(client: Client) -> None:
     multiprocessing.util.Finalize(client, client._exit, exitpriority=10)
 
 
+_fork_holds = threading.local()  # .consumers: what hold_all_before_fork took, per thread
+
+
+def _hold_all_before_fork() -> None:
+    """No delivery thread or caller may be inside SQLite when the process forks."""
+    held = []
+    for client in list(_live_clients):
+        try:
+            if client._consumer.hold_for_fork():
+                held.append(client._consumer)
+        except Exception:  # noqa: BLE001 - a fork must never fail because of us
+            logger.debug("holding a client before fork failed", exc_info=True)
+    _fork_holds.consumers = held
+
+
+def _release_all_after_fork_in_parent() -> None:
+    for consumer in getattr(_fork_holds, "consumers", ()):
+        consumer.release_after_fork()
+    _fork_holds.consumers = []
+
+
 atexit.register(_shutdown_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_all_after_fork)
+    os.register_at_fork(
+        before=_hold_all_before_fork,
+        after_in_parent=_release_all_after_fork_in_parent,
+        after_in_child=_reinit_all_after_fork,
+    )

@@ -63,6 +63,7 @@ _ENV_DATA_PLANE_URL = "ANALYTICS_SDK_DATA_PLANE_URL"
 _ENV_CONTROL_PLANE_URL = "ANALYTICS_SDK_CONTROL_PLANE_URL"
 _ENV_DISABLED = "ANALYTICS_SDK_DISABLED"
 
+
 def _check_url(value: str | None) -> str | None:
     if value is None:
         return None

@@ -213,10 +213,15 @@ def test_a_write_that_fails_is_rejected_with_the_reason(
     store = client._consumer._store
     assert store is not None
     sqlite3.connect(tmp_path / "readonly.sqlite").close()
-    # The same schema, opened read-only: the next INSERT fails as a full disk would.
+    # Another file, opened read-only: the next INSERT fails as a full disk would.
+    original = store._db
     store._db = sqlite3.connect(f"file:{tmp_path / 'readonly.sqlite'}?mode=ro", uri=True)
+    try:
+        assert client.track("u1", "Unwritable") is None
+    finally:
+        store._db.close()
+        store._db = original
 
-    assert client.track("u1", "Unwritable") is None
     assert client.stats().dropped == {Reason.STORAGE_ERROR: 1}
     assert "cannot write to storage_path" in str(reports.calls[0][0])
 
@@ -361,3 +366,111 @@ def test_storage_logs_hold_no_key(
 
     assert caplog.records
     assert all("wk_live_secret_123" not in r.getMessage() for r in caplog.records)
+
+
+# -- regressions found in review -------------------------------------------------------------
+
+
+def test_ctrl_c_after_the_commit_still_counts_the_message(
+    make_client: MakeClient,
+    data_plane: DataPlane,
+    queue_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = make_client(storage_path=queue_file)
+    store = client._consumer._store
+    assert store is not None
+    append = store.append
+
+    def interrupted(body: bytes) -> bool:
+        append(body)  # committed: then Ctrl-C arrives as the GIL comes back
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        client.track("u1", "Interrupted")
+    monkeypatch.undo()
+    client.track("u1", "After")
+
+    assert client.flush(timeout=5) is True
+    stats = client.stats()
+    assert (stats.accepted, stats.delivered, stats.failed, stats.queued) == (2, 2, 0, 0)
+    assert [e["event"] for e in data_plane.events] == ["Interrupted", "After"]
+
+
+def test_a_file_that_cannot_be_read_at_shutdown_is_still_released(
+    hung: DataPlane, queue_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analytics_sdk._storage import Storage, StorageError
+
+    def broken(self: Storage, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        raise StorageError("cannot read storage_path: disk I/O error")
+
+    monkeypatch.setattr(Storage, "head", broken)
+    client = Client("wk_test", hung.url, storage_path=queue_file, timeout=1, flush_interval=0.01)
+    client.track("u1", "Unreadable")  # the delivery thread cannot read it back, and retries
+    assert client.shutdown(timeout=0.3) is False  # no exception, the budget is kept
+    monkeypatch.undo()
+
+    assert client.stats().dropped == {Reason.SHUTDOWN: 1}  # reported by count
+    Client("wk_test", hung.url, storage_path=queue_file).shutdown(timeout=0.1)  # free again
+
+
+def test_a_file_with_damaged_pages_is_moved_aside(
+    hung: DataPlane, queue_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Client("wk_test", hung.url, storage_path=queue_file, timeout=1)
+    for n in range(300):
+        first.track("u1", "Doomed", {"pad": "x" * 200, "n": n})
+    first.shutdown(timeout=0.2)
+    data = bytearray(queue_file.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[2 * page : 3 * page] = b"\xa5" * page  # a table page, not the header
+    queue_file.write_bytes(bytes(data))
+
+    client = Client("wk_test", hung.url, storage_path=queue_file)
+    client.shutdown(timeout=0.1)
+
+    assert client.stats().recovered == 0
+    assert any(".unreadable-" in p.name for p in queue_file.parent.iterdir())
+    assert any("not a usable queue" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_that_fails_to_build_frees_the_file_and_sends_nothing(
+    hung: DataPlane, queue_file: Path
+) -> None:
+    first = Client("wk_test", hung.url, storage_path=queue_file, timeout=1)
+    first.track("u1", "Left")
+    first.shutdown(timeout=0.2)
+    hung.respond = None
+    requests_before = len(hung.requests)
+
+    with pytest.raises(ConfigurationError, match="integrations"):
+        Client("wk_test", hung.url, storage_path=queue_file, integrations=["not one"])
+    second = Client("wk_test", hung.url, storage_path=queue_file)
+    try:
+        assert second.stats().recovered == 1
+        assert second.flush(timeout=5) is True
+    finally:
+        second.shutdown(timeout=1)
+    assert len(hung.requests) == requests_before + 1  # only the second client sent
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_planted_symlinks_are_refused_not_followed(queue_file: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    queue_file.parent.mkdir()
+    (queue_file.parent / "events.sqlite.lock").symlink_to(victim)
+
+    with pytest.raises(ConfigurationError, match="cannot be used"):
+        Client("wk_test", "http://127.0.0.1:9", storage_path=queue_file)
+    (queue_file.parent / "events.sqlite.lock").unlink()
+    queue_file.symlink_to(victim)
+    with pytest.raises(ConfigurationError, match="cannot be used"):
+        Client("wk_test", "http://127.0.0.1:9", storage_path=queue_file)
+
+    assert victim.read_text() == "precious"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644

@@ -188,3 +188,51 @@ def test_a_forked_child_that_exits_normally_leaves_the_parents_file_intact(
         client.shutdown(timeout=2)
     parents = {e["messageId"] for e in data_plane.events if e["userId"] == "parent"}
     assert parents == set(ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forks_during_heavy_tracking_never_hang_a_child_in_sqlite(
+    data_plane: DataPlane, tmp_path: Path
+) -> None:
+    """A fork while another thread is inside SQLite would hand the child SQLite's global
+    mutex, locked: the child's first SQLite call (its own client's file, Django's sqlite
+    backend) then hangs for ever. The fork hook keeps our threads out of SQLite meanwhile."""
+    result = run_support_script(
+        """
+        import os, sqlite3, sys, threading, time
+        from analytics_sdk import Client
+        client = Client("wk_test_key", sys.argv[1], storage_path=sys.argv[2], flush_at=20)
+        stop = threading.Event()
+
+        def produce():
+            while not stop.is_set():
+                client.track("u1", "Busy", {"pad": "x" * 100})
+
+        producers = [threading.Thread(target=produce) for _ in range(2)]
+        for thread in producers:
+            thread.start()
+        hung = 0
+        for _ in range(120):
+            pid = os.fork()
+            if pid == 0:
+                sqlite3.connect(":memory:").execute("SELECT 1").fetchall()
+                os._exit(0)
+            deadline = time.monotonic() + 10
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.002)
+        stop.set()
+        for thread in producers:
+            thread.join()
+        print("hung", hung, flush=True)
+        client.shutdown(timeout=5)
+        """,
+        data_plane.url,
+        str(tmp_path / "events.sqlite"),
+        timeout=240,
+    )
+    assert "hung 0" in result.stdout, (result.stdout, result.stderr[-2000:])
