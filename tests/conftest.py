@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.report import write_summary
 from support.servers import DataPlane
 
 from analytics_sdk import Client
@@ -65,3 +66,7 @@ def _fail_on_sdk_tracebacks(
         and (r.exc_info or r.exc_text)  # exc_text only: a traceback whose secret was masked
     ]
     assert not bugs, f"the SDK logged tracebacks: {[r.getMessage() for r in bugs]}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    write_summary(terminalreporter, config)  # the fault and crash scenarios' table

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.processes import ROOT
 from support.processes import run_script as run_support_script
+from support.report import add_row
 from support.servers import DataPlane, Reply
 
 from analytics_sdk import Client
@@ -83,7 +84,7 @@ def duplicates_are_identical(data_plane: DataPlane) -> int:
 
 @pytest.mark.parametrize("server", ["fast", "slow"])
 def test_kill_9_during_heavy_tracking_loses_nothing_accepted(
-    data_plane: DataPlane, tmp_path: Path, server: str
+    data_plane: DataPlane, tmp_path: Path, server: str, request: pytest.FixtureRequest
 ) -> None:
     """Three producers in a row on one file, each killed mid-burst; then a clean client."""
     if server == "slow":  # a backlog builds up in the file: most rows wait for the restart
@@ -102,12 +103,22 @@ def test_kill_9_during_heavy_tracking_loses_nothing_accepted(
         survivor.shutdown(timeout=5)
     delivered = set(data_plane.message_ids())
     lost = set(accepted) - delivered
+    duplicates = duplicates_are_identical(data_plane)
+    add_row(
+        request.config,
+        scenario=f"kill -9 x3 mid-burst, storage_path, {server} server",
+        sent_accepted=f"{len(accepted)}/{len(accepted)}",
+        delivered=len(set(accepted) & delivered),
+        reported=0,
+        lost=len(lost),
+        duplicates=duplicates,
+        requests=len(data_plane.requests),
+    )
     assert not lost, f"{len(lost)} of {len(accepted)} accepted messages never arrived"
-    duplicates_are_identical(data_plane)
 
 
 def test_exit_with_the_data_plane_down_reports_and_keeps_for_the_next_run(
-    data_plane: DataPlane, tmp_path: Path
+    data_plane: DataPlane, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     queue_file = tmp_path / "events.sqlite"
     started = time.monotonic()
@@ -144,6 +155,16 @@ def test_exit_with_the_data_plane_down_reports_and_keeps_for_the_next_run(
         assert client.flush(timeout=10) is True
     finally:
         client.shutdown(timeout=2)
+    add_row(
+        request.config,
+        scenario="exit with the data plane down, storage_path, then a restart",
+        sent_accepted=f"{len(ids)}/{len(ids)}",
+        delivered=f"{len(set(data_plane.message_ids()))} (next run)",
+        reported=f"{sum(c for r, c, _ in reported if r == 'shutdown')} shutdown (kept)",
+        lost=len(set(ids) - set(data_plane.message_ids())),
+        duplicates=duplicates_are_identical(data_plane),
+        requests=len(data_plane.requests),
+    )
     assert sorted(data_plane.message_ids()) == sorted(ids)
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 from support.processes import ROOT
 from support.processes import run_script as run_support_script
+from support.report import add_row
 from support.servers import DataPlane, Reply
 
 
@@ -20,20 +21,36 @@ def run_script(source: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_support_script(source, *args, strict_warnings=True)
 
 
-def test_events_tracked_without_flush_are_delivered_at_exit(data_plane: DataPlane) -> None:
+def test_events_tracked_without_flush_are_delivered_at_exit(
+    data_plane: DataPlane, request: pytest.FixtureRequest
+) -> None:
     result = run_script(
         """
-        import sys
+        import atexit, sys, time
+        atexit.register(lambda: print("exit flush took", time.monotonic() - ended))  # LIFO: last
         from analytics_sdk import Client
-        client = Client("wk_test_key", sys.argv[1], flush_interval=60)
+        client = Client("wk_test_key", sys.argv[1], flush_interval=60, shutdown_timeout=5.0)
         for i in range(10_000):
             client.track(f"user-{i % 50}", "Exited Without Flush", {"i": i})
         print("tracked")
+        ended = time.monotonic()
         """,
         data_plane.url,
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    took = float(result.stdout.split("exit flush took")[1])
+    add_row(
+        request.config,
+        scenario="exit without flush, in memory (flush_interval=60)",
+        sent_accepted="10000/10000",
+        delivered=len(set(data_plane.message_ids())),
+        reported=0,
+        lost=10_000 - len(set(data_plane.message_ids())),
+        duplicates=len(data_plane.events) - len(set(data_plane.message_ids())),
+        requests=len(data_plane.requests),
+    )
+    assert took <= 5.0 + 0.5  # within shutdown_timeout (R1.1): a bound, not a speed target
     assert len(set(data_plane.message_ids())) == 10_000
     assert len(data_plane.events) == 10_000
 

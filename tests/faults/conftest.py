@@ -6,7 +6,6 @@ accepted messages wait (memory, or the durable SQLite queue of `storage_path`).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.report import add_row
 from support.servers import DataPlane, JsonDict
 
 from analytics_sdk import Client
@@ -27,10 +27,6 @@ QUEUES: dict[str, Callable[[Path], dict[str, Any]]] = {
 }
 SETTLE_TIMEOUT = 60.0  # seconds the final flush may take: a bound, not a performance goal
 RECOVERY_EVENTS = 20
-COLUMNS = ("scenario", "sent/accepted", "delivered", "reported", "lost", "duplicates",
-           "reported+delivered", "requests", "faults", "flush True/False")  # fmt: skip
-
-_ROWS = pytest.StashKey[list[dict[str, str]]]()
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +50,7 @@ class Scenario:
     server: DataPlane
     ledger: Ledger
     base_options: dict[str, Any]
-    rows: list[dict[str, str]]
+    config: pytest.Config  # where the report rows go (support.report)
     injector: FaultInjector | None = None
     clients: list[Client] = field(default_factory=list)
 
@@ -139,7 +135,7 @@ class Scenario:
         recovery_flushed = self.ledger.flush(client, 5)
         idle = self.server.wait_idle(self.ledger.reached_server(), timeout=10)
         books = account(self.ledger, self.server, client.stats(), client.options.max_retries)
-        self.rows.append(_row(self, books))
+        _row(self, books)
         assert settled, f"flush({SETTLE_TIMEOUT}) did not settle everything"
         assert recovery_flushed, "the client did not recover once the faults ended"
         assert all(recovered), "the client refused calls once the faults ended"
@@ -151,24 +147,26 @@ class Scenario:
         return books
 
 
-def _row(scenario: Scenario, books: Accounts) -> dict[str, str]:
+def _row(scenario: Scenario, books: Accounts) -> None:
     faults = dict(scenario.injector.injected) if scenario.injector else {}
     too_large = sum(1 for r in scenario.server.requests if r.status == 413)
     if too_large:
         faults["413"] = too_large
-    values = (
-        scenario.name,
-        f"{books.sent}/{books.accepted}",
-        str(books.delivered),
-        " ".join([str(books.reported), *(f"{k}={v}" for k, v in sorted(books.reasons.items()))]),
-        str(books.lost),
-        str(books.duplicates),
-        str(books.explained),
-        str(books.requests),
-        " ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "-",
-        f"{books.flushes[True]}/{books.flushes[False]}",
+    add_row(
+        scenario.config,
+        scenario=scenario.name,
+        sent_accepted=f"{books.sent}/{books.accepted}",
+        delivered=books.delivered,
+        reported=" ".join(
+            [str(books.reported), *(f"{k}={v}" for k, v in sorted(books.reasons.items()))]
+        ),
+        lost=books.lost,
+        duplicates=books.duplicates,
+        reported_delivered=books.explained,
+        requests=books.requests,
+        faults=" ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "-",
+        flush_True_False=f"{books.flushes[True]}/{books.flushes[False]}",
     )
-    return dict(zip(COLUMNS, values, strict=True))
 
 
 @pytest.fixture
@@ -178,29 +176,11 @@ def scenario(
     ledger = Ledger()
     ledger.record_wire(monkeypatch)
     server = DataPlane().start()
-    rows = request.config.stash.setdefault(_ROWS, [])
     name = request.node.name.removeprefix("test_")
-    harness = Scenario(name, server, ledger, client_options, rows)
+    harness = Scenario(name, server, ledger, client_options, request.config)
     try:
         yield harness
     finally:
         for client in harness.clients:
             client.shutdown(timeout=1)
         server.stop()
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    rows = config.stash.get(_ROWS, [])
-    if not rows:
-        return
-    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in COLUMNS}
-    terminalreporter.write_sep("=", "fault injection: where every message went")
-    terminalreporter.write_line("  ".join(c.ljust(widths[c]) for c in COLUMNS))
-    for row in rows:
-        terminalreporter.write_line("  ".join(row[c].ljust(widths[c]) for c in COLUMNS))
-    path = os.environ.get("FAULT_REPORT")
-    if path:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        terminalreporter.write_line(f"written to {path}")
