@@ -79,6 +79,18 @@ def test_the_lambda_handler_flushes_each_invocation() -> None:
     assert "the dev server stored 6 events" in result.stdout
 
 
+def test_the_durable_outbox_survives_a_crash_while_offline(tmp_path: Path) -> None:
+    storage = tmp_path / "outbox" / "analytics.sqlite"
+    result = run_example("durable_outbox.py", "--storage", str(storage))
+
+    assert result.returncode == 0, result.stderr
+    assert "worker: 25 orders accepted" in result.stdout
+    assert "worker exited with status 1" in result.stdout  # it crashed: no exit flush ran
+    assert "restart: found 25 events the worker left" in result.stdout
+    assert "the dev server stored 25 orders" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_the_cli_tool_keeps_its_identity_across_runs(server: DevServer, tmp_path: Path) -> None:
     env = {"ANALYTICS_SDK_WRITE_KEY": server.write_key, "ANALYTICS_SDK_DATA_PLANE_URL": server.url}
     identity = str(tmp_path / "id.json")
