@@ -21,7 +21,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import requests
 from conftest import MakeClient
 from requests.adapters import HTTPAdapter
 from support.control_plane import ControlPlane, running_control_plane
+from support.leaks import formatted, leak_surfaces, rendered
 from support.servers import DataPlane, Reply
 
 from analytics_sdk import (
@@ -62,13 +62,6 @@ def is_sdk(record: logging.LogRecord) -> bool:
     return record.name == "analytics_sdk" or record.name.startswith("analytics_sdk.")
 
 
-def rendered(error: BaseException) -> str:
-    return "".join(traceback.format_exception(error))
-
-
-def formatted(record: logging.LogRecord) -> str:
-    """The record as a handler would write it, traceback and stack included."""
-    return logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
 
 
 def run_retry_reject_and_invalid_calls(
@@ -118,14 +111,8 @@ def test_write_key_never_in_logs_errors_reprs_or_stats(
     assert any(r.levelno == logging.DEBUG and "retry" in r.getMessage() for r in sdk_records)
     assert any(r.levelno == logging.ERROR and "401" in r.getMessage() for r in sdk_records)
 
-    for record in caplog.records:
-        assert_no_secret(record.getMessage())
-        assert_no_secret(formatted(record))
-    for error, messages in reported:
-        assert_no_secret(str(error))
-        assert_no_secret(repr(error))
-        assert_no_secret(rendered(error))
-        assert_no_secret(json.dumps(messages))
+    for text in leak_surfaces(caplog.records, reported):
+        assert_no_secret(text)
     assert_no_secret(repr(client))
     assert_no_secret(repr(stats))
     assert_no_secret(repr(client.options))

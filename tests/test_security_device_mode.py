@@ -19,7 +19,6 @@ import logging
 import stat
 import threading
 import time
-import traceback
 import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +30,7 @@ from analytics_sdk_webhook import WebhookIntegration
 from conftest import MakeClient
 from pydantic import Field, SecretStr
 from support.control_plane import ControlPlane
+from support.leaks import formatted, leak_surfaces
 from support.servers import DataPlane, Reply, running_data_plane
 
 from analytics_sdk import AnalyticsError, Client, Reason
@@ -61,10 +61,6 @@ def assert_no_secret(text: str) -> None:
         assert secret not in text
     assert "SECRET" not in text  # catches a cut or partly masked secret too
 
-
-def formatted(record: logging.LogRecord) -> str:
-    """The record as a handler writes it: message, traceback and stack."""
-    return logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
 
 
 def sdk_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -293,14 +289,8 @@ def test_device_mode_secrets_never_leak_through_failures_and_shutdown(
     assert interrupted
     assert "RuntimeError" in formatted(interrupted[0])  # its traceback is there, masked
 
-    for record in caplog.records:
-        assert_no_secret(record.getMessage())
-        assert_no_secret(formatted(record))
-    for error, messages in reported:
-        assert_no_secret(str(error))
-        assert_no_secret(repr(error))
-        assert_no_secret("".join(traceback.format_exception(error)))
-        assert_no_secret(json.dumps(messages))
+    for text in leak_surfaces(caplog.records, reported):
+        assert_no_secret(text)
     for thing in (client, client.options, client.stats(), client.integrations_status(),
                   webhook_instance, webhook_instance.options, leaky):  # fmt: skip
         assert_no_secret(repr(thing))

@@ -19,8 +19,7 @@ from support.processes import ROOT
 from support.processes import run_script as run_support_script
 from support.report import add_row
 from support.servers import DataPlane, Reply
-
-from analytics_sdk import Client
+from support.storage import send_leftovers
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -96,11 +95,7 @@ def test_kill_9_during_heavy_tracking_loses_nothing_accepted(
         accepted += kill_after(producer, accepted=1500 + 700 * round_)
 
     data_plane.respond = None
-    survivor = Client("wk_test_key", data_plane.url, storage_path=queue_file)
-    try:
-        assert survivor.flush(timeout=30) is True
-    finally:
-        survivor.shutdown(timeout=5)
+    send_leftovers(data_plane.url, queue_file, timeout=30)
     delivered = set(data_plane.message_ids())
     lost = set(accepted) - delivered
     duplicates = duplicates_are_identical(data_plane)
@@ -149,12 +144,7 @@ def test_exit_with_the_data_plane_down_reports_and_keeps_for_the_next_run(
     assert all("stay in storage_path" in text for _, _, text in reported)
 
     # The next run, with the data plane up, sends exactly those.
-    client = Client("wk_test_key", data_plane.url, storage_path=queue_file)
-    try:
-        assert client.stats().recovered == 200
-        assert client.flush(timeout=10) is True
-    finally:
-        client.shutdown(timeout=2)
+    assert send_leftovers(data_plane.url, queue_file).recovered == 200
     add_row(
         request.config,
         scenario="exit with the data plane down, storage_path, then a restart",
@@ -202,11 +192,7 @@ def test_a_forked_child_that_exits_normally_leaves_the_parents_file_intact(
     ids = json.loads(result.stdout.strip().splitlines()[-1])
 
     data_plane.respond = None
-    client = Client("wk_test_key", data_plane.url, storage_path=queue_file)
-    try:
-        assert client.flush(timeout=20) is True
-    finally:
-        client.shutdown(timeout=2)
+    send_leftovers(data_plane.url, queue_file)
     parents = {e["messageId"] for e in data_plane.events if e["userId"] == "parent"}
     assert parents == set(ids)
 

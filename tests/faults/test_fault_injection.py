@@ -18,12 +18,14 @@ from faults.conftest import Scenario
 from faults.injector import (
     POISON,
     STUCK,
+    Fault,
     FaultInjector,
     rate_limited,
     resets,
     server_errors,
     stalls,
 )
+from faults.ledger import Accounts
 
 SEED = 20240611
 CLIENT_TIMEOUT = 0.3  # seconds: the client's per-request timeout where stalls are injected
@@ -41,16 +43,36 @@ def reported_as(scenario: Scenario, reason: str) -> set[str]:
     return {i for report in scenario.ledger.reports if report.reason == reason for i in report.ids}
 
 
-def test_5xx_for_30_percent_of_requests(scenario: Scenario) -> None:
-    client = scenario.client(FaultInjector(SEED, server_errors(0.3)), flush_at=50, max_retries=2)
+def only_marked_were_reported(
+    scenario: Scenario, books: Accounts, marker: str, reason: str, count: int
+) -> None:
+    """The `count` messages carrying `marker` were reported as `reason`, never delivered;
+    nothing else was reported, and nothing was delivered twice."""
+    marked = scenario.ledger.accepted_with(marker)
+    assert len(marked) == count
+    assert books.reasons == {reason: count}
+    assert reported_as(scenario, reason) == marked
+    assert not marked & kept_ids(scenario)
+    assert books.duplicates == 0
+
+
+# Neither fault lets the server keep anything (a 5xx answers without keeping, a reset comes
+# before the answer), so there is nothing to send twice.
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [(server_errors(0.3), "5xx"), (resets(0.3), "reset")],
+    ids=["5xx", "connection_reset"],
+)
+def test_30_percent_of_requests_fail(scenario: Scenario, fault: Fault, kind: str) -> None:
+    client = scenario.client(FaultInjector(SEED, fault), flush_at=50, max_retries=2)
 
     scenario.produce(client, 2_000, flush_every=250)
     books = scenario.settle(client)
 
     assert scenario.injector is not None
-    assert scenario.injector.injected["5xx"] > 0
+    assert scenario.injector.injected[kind] > 0
     assert set(books.reasons) <= {"retries_exhausted"}
-    assert books.duplicates == 0  # a 5xx keeps nothing: nothing to send twice
+    assert books.duplicates == 0
 
 
 def test_429_with_retry_after(scenario: Scenario) -> None:
@@ -67,16 +89,6 @@ def test_429_with_retry_after(scenario: Scenario) -> None:
     assert min(waits) >= 0.95  # Retry-After: 1 honoured (the next attempt waits 1 s)
 
 
-def test_connection_resets(scenario: Scenario) -> None:
-    client = scenario.client(FaultInjector(SEED, resets(0.3)), flush_at=50, max_retries=2)
-
-    scenario.produce(client, 2_000, flush_every=250)
-    books = scenario.settle(client)
-
-    assert scenario.injector is not None
-    assert scenario.injector.injected["reset"] > 0
-    assert set(books.reasons) <= {"retries_exhausted"}
-    assert books.duplicates == 0  # a reset comes before the server keeps anything
 
 
 def test_stalls_past_the_client_timeout(scenario: Scenario) -> None:
@@ -134,14 +146,9 @@ def test_413_splits_until_every_fitting_message_is_delivered(scenario: Scenario)
     scenario.produce(client, 500, properties=properties)
     books = scenario.settle(client)
 
-    big = scenario.ledger.accepted_with(BIG)
-    assert len(big) == 5
-    assert books.reasons == {"too_large": 5}
-    assert reported_as(scenario, "too_large") == big
+    only_marked_were_reported(scenario, books, BIG, "too_large", 5)
     kept = kept_ids(scenario)
-    assert not big & kept
     assert len(kept) == len(scenario.ledger.accepted) - 5  # everything that fits arrived
-    assert books.duplicates == 0
     kept_sizes = [len(r.body) for r in scenario.server.requests if r.status == 200]
     assert max(kept_sizes) <= MAX_BODY
 
@@ -156,12 +163,8 @@ def test_400_for_a_poisoned_message_costs_only_that_message(scenario: Scenario) 
     scenario.produce(client, 1_000, properties=properties)
     books = scenario.settle(client)
 
-    poison_ids = scenario.ledger.accepted_with(POISON)
-    assert len(poison_ids) == 10
-    assert books.reasons == {"rejected_4xx": 10}
-    assert reported_as(scenario, "rejected_4xx") == poison_ids
-    assert not poison_ids & kept_ids(scenario)
-    assert books.duplicates == 0  # bisection never resends a half that was delivered
+    # Bisection never resends a half that was delivered: no duplicates either.
+    only_marked_were_reported(scenario, books, POISON, "rejected_4xx", 10)
 
 
 # threads, events per thread, and the share of requests that cost wall time (a 429 waits
