@@ -1,21 +1,18 @@
-"""Client: the six spec calls, identity, flush, shutdown and the process lifecycle."""
+"""Client: the six spec calls, identity, flush and shutdown (process hooks: _lifecycle.py)."""
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
-import os
-import sys
 import threading
 import time
-import uuid
-import weakref
-from collections.abc import Callable, Mapping
-from datetime import date, datetime, timezone
+from collections.abc import Mapping
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from analytics_sdk._arguments import as_id, as_text, as_time, as_unicode, invalid
 from analytics_sdk._consumer import Consumer, deadline_for
+from analytics_sdk._lifecycle import live_clients, warn_if_duplicate
 from analytics_sdk._logging import logger, register_secret
 from analytics_sdk._outcomes import Reporter
 from analytics_sdk._serialization import (
@@ -24,7 +21,6 @@ from analytics_sdk._serialization import (
     LIBRARY_CONTEXT,
     clean,
     dumps,
-    format_time,
     now_iso,
     reseed_ids,
     uuid4,
@@ -137,8 +133,8 @@ class Client:
         except BaseException:
             self._consumer.close_store()  # the file is free again; its rows stay in it
             raise
-        _live_clients.add(self)
-        _warn_if_duplicate(self)
+        live_clients.add(self)
+        warn_if_duplicate(self)
         self._consumer.start()
 
     def __repr__(self) -> str:
@@ -209,10 +205,10 @@ class Client:
         """
         try:
             if type(event) is not str or not event:
-                raise _invalid("event", "is required and must be a non-empty string")
+                raise invalid("event", "is required and must be a non-empty string")
             message: JsonDict = {
                 "type": "track",
-                "event": _unicode(event, "event"),
+                "event": as_unicode(event, "event"),
                 "properties": self._object(properties, "properties"),
             }
             return self._finish(
@@ -270,9 +266,9 @@ class Client:
             The messageId, or None when the message was rejected (see `stats()`).
         """
         try:
-            group = _id(group_id, "group_id")
+            group = as_id(group_id, "group_id")
             if group is None:
-                raise _invalid("group_id", "is required (a non-empty string or an int)")
+                raise invalid("group_id", "is required (a non-empty string or an int)")
             message: JsonDict = {
                 "type": "group",
                 "groupId": group,
@@ -302,14 +298,14 @@ class Client:
             The messageId, or None when the message was rejected (see `stats()`).
         """
         try:
-            new_id = _id(user_id, "user_id")
+            new_id = as_id(user_id, "user_id")
             if new_id is None:
-                raise _invalid("user_id", "is required for alias")
-            previous = _id(previous_id, "previous_id")
+                raise invalid("user_id", "is required for alias")
+            previous = as_id(previous_id, "previous_id")
             if previous is None and self._options.stateful:
                 previous = self._identity.user_id or self._identity.anonymous_id
             if previous is None:
-                raise _invalid("previous_id", "is required for alias")
+                raise invalid("previous_id", "is required for alias")
             message: JsonDict = {"type": "alias", "previousId": previous}
             message_id = self._finish(
                 message, new_id, None, context, timestamp, integrations, message_id
@@ -367,13 +363,13 @@ class Client:
         if self._device is not None:
             devices_done = self._device.shutdown(time.monotonic() + budget)
         if not self._options.send:
-            _live_clients.discard(self)
+            live_clients.discard(self)
             return devices_done
         drained = self._consumer.shutdown(budget, at_exit=at_exit) and devices_done
         if self._consumer.finished():
             # Until then the exit hook keeps it: a shutdown() called from on_error returns
             # at once, and someone must still bound and report the rest.
-            _live_clients.discard(self)
+            live_clients.discard(self)
         return drained
 
     async def aflush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT) -> bool:
@@ -447,9 +443,9 @@ class Client:
         try:
             message: JsonDict = {"type": kind}
             if name is not None:
-                message["name"] = _text(name, "name")
+                message["name"] = as_text(name, "name")
             if category is not None:
-                message["category"] = _text(category, "category")
+                message["category"] = as_text(category, "category")
             message["properties"] = self._object(properties, "properties")
             return self._finish(
                 message, user_id, anonymous_id, context, timestamp, integrations, message_id
@@ -461,7 +457,7 @@ class Client:
         if value is None:
             return {}
         if type(value) is not dict and not isinstance(value, Mapping):  # dict: the fast way
-            raise _invalid(field, f"must be a dict (got {type(value).__name__})")
+            raise invalid(field, f"must be a dict (got {type(value).__name__})")
         cleaned: JsonDict = clean(value, field)
         return cleaned
 
@@ -484,8 +480,8 @@ class Client:
                 what=message["type"],
             )
             return None
-        uid = _id(user_id, "user_id")
-        aid = _id(anonymous_id, "anonymous_id")
+        uid = as_id(user_id, "user_id")
+        aid = as_id(anonymous_id, "anonymous_id")
         remembered_traits: JsonDict | None = None
         if opts.stateful:
             if uid is None and aid is None and self._identity.user_id is not None:
@@ -502,13 +498,13 @@ class Client:
         if message_id is None:
             message_id = uuid4()
         else:
-            message_id = _id(message_id, "message_id")
+            message_id = as_id(message_id, "message_id")
             if message_id is None:
-                raise _invalid("message_id", "must be a non-empty string")
+                raise invalid("message_id", "must be a non-empty string")
         message["messageId"] = message_id
         message["originalTimestamp"] = now_iso()
         if timestamp is not None:
-            message["timestamp"] = _time(timestamp)
+            message["timestamp"] = as_time(timestamp)
         # Last, in this order: when they are the defaults, the queue stores the message
         # without them and the upload puts them back (see DEFAULT_TAIL).
         message["context"] = self._context(context, message, remembered_traits)
@@ -659,67 +655,7 @@ class Client:
             self._device.shutdown(deadline)
         if self._options.send:
             self._consumer.finish_shutdown(deadline, at_exit=True)
-        _live_clients.discard(self)
-
-
-def _invalid(field: str, problem: str) -> InvalidMessageError:
-    return InvalidMessageError(f"{field} {problem}", field=field)
-
-
-def _id(value: object, field: str) -> str | None:
-    """An id as a non-empty string: ints (0 included) and UUIDs are converted."""
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is str:
-        if value:
-            return _unicode(value, field)  # type: ignore[arg-type]  # narrowed by the type check
-        raise _invalid(field, "must not be empty (pass None to leave it out)")
-    if kind is int or isinstance(value, uuid.UUID):
-        return str(value)
-    raise _invalid(field, f"must be a string or an int (got {kind.__name__})")
-
-
-def _text(value: object, field: str) -> str:
-    if not isinstance(value, str) or type(value) is not str:
-        raise _invalid(field, f"must be a string (got {type(value).__name__})")
-    return _unicode(value, field)
-
-
-def _unicode(value: str, field: str) -> str:
-    """`value` if it has a UTF-8 form: a lone surrogate ('\\ud800', from a bad decode) has none."""
-    if value.isascii():  # the common case, in one C pass
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _invalid(
-            field, f"holds a lone surrogate at index {exc.start}, which is not valid Unicode text"
-        ) from None
-    return value
-
-
-def _time(value: object) -> str:
-    try:
-        if isinstance(value, datetime):
-            return format_time(value)
-        if isinstance(value, date):
-            return format_time(datetime(value.year, value.month, value.day, tzinfo=timezone.utc))
-    except (OverflowError, ValueError):
-        raise _invalid("timestamp", "is outside the range of UTC datetimes") from None
-    except Exception as exc:  # noqa: BLE001 - a tzinfo of the caller's that raises
-        raise _invalid(
-            "timestamp", f"could not be read: its tzinfo raised {type(exc).__name__}"
-        ) from None
-    if isinstance(value, str):
-        try:  # Python 3.10's fromisoformat does not take a trailing Z
-            parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-        except ValueError:
-            raise _invalid("timestamp", "is not an ISO-8601 date or time") from None
-        return format_time(parsed)
-    raise _invalid(
-        "timestamp", f"must be a datetime or an ISO-8601 string (got {type(value).__name__})"
-    )
+        live_clients.discard(self)
 
 
 def _name(function: object) -> str:
@@ -736,107 +672,3 @@ def _drop_error(reason: str, opts: ClientOptions, storage_problem: str) -> Deliv
     if reason == Reason.STORAGE_ERROR:
         return DeliveryError(storage_problem, reason=reason)
     return DeliveryError("the client is shut down", reason=reason)
-
-
-# -- one exit hook and one fork hook per process, holding clients weakly (LESSONS R1.6) ------
-
-_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _warn_if_duplicate(client: Client) -> None:
-    opts = client.options
-    if not opts.send:
-        return
-    for other in list(_live_clients):
-        if (
-            other is not client
-            and not other._closed
-            and (
-                other.options.write_key == opts.write_key
-                and other.options.data_plane_url == opts.data_plane_url
-            )
-        ):
-            logger.warning(
-                "another live Client has the same write key and data plane; create one "
-                "client per process and share it (each has its own queue and thread)"
-            )
-            return
-
-
-def _shutdown_all_at_exit() -> None:
-    """Flush every live client at exit within one budget: the largest shutdown_timeout.
-
-    All clients start draining first, then the hook waits once, so N clients cost the time
-    of the slowest, not the sum (LESSONS R1.1).
-    """
-    clients = list(_live_clients)
-    if not clients:
-        return
-    try:
-        budget = max(client.options.shutdown_timeout for client in clients)
-        deadline = time.monotonic() + budget
-        for client in clients:
-            _guarded(client._begin_exit)
-        for client in clients:
-            _guarded(lambda: client._finish_exit(deadline))  # noqa: B023 - called at once
-    except KeyboardInterrupt:  # Ctrl-C during the exit drain: stop quietly (R1.5)
-        logger.warning(
-            "exit-time flush interrupted; undelivered messages are lost (with storage_path "
-            "they stay in the file for the next run)"
-        )
-
-
-def _guarded(step: Callable[[], object]) -> None:
-    try:
-        step()
-    except Exception:  # noqa: BLE001 - one client's failure must not skip the others
-        logger.error("exit-time flush of a client failed", exc_info=True)
-
-
-def _reinit_all_after_fork() -> None:
-    clients = list(_live_clients)
-    for client in clients:
-        client._after_fork()
-    # A multiprocessing child ends with os._exit(), which skips atexit: its own exit
-    # function runs "finalizers" instead. That registry is cleared after this hook runs,
-    # so ask multiprocessing to call us back once the child is set up (R3.1).
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        for client in clients:
-            mp_util.register_after_fork(client, _flush_at_multiprocessing_exit)
-
-
-def _flush_at_multiprocessing_exit(client: Client) -> None:
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(client, client._exit, exitpriority=10)
-
-
-_fork_holds = threading.local()  # .consumers: what hold_all_before_fork took, per thread
-
-
-def _hold_all_before_fork() -> None:
-    """No delivery thread or caller may be inside SQLite when the process forks."""
-    held = []
-    for client in list(_live_clients):
-        try:
-            if client._consumer.hold_for_fork():
-                held.append(client._consumer)
-        except Exception:  # noqa: BLE001 - a fork must never fail because of us
-            logger.debug("holding a client before fork failed", exc_info=True)
-    _fork_holds.consumers = held
-
-
-def _release_all_after_fork_in_parent() -> None:
-    for consumer in getattr(_fork_holds, "consumers", ()):
-        consumer.release_after_fork()
-    _fork_holds.consumers = []
-
-
-atexit.register(_shutdown_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_hold_all_before_fork,
-        after_in_parent=_release_all_after_fork_in_parent,
-        after_in_child=_reinit_all_after_fork,
-    )

@@ -11,7 +11,7 @@ from support.report import write_summary
 from support.servers import DataPlane
 
 from analytics_sdk import Client
-from analytics_sdk.client import _live_clients
+from analytics_sdk._lifecycle import live_clients as _live_clients
 
 MakeClient = Callable[..., Client]
 

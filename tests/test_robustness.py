@@ -126,7 +126,7 @@ def test_a_fork_the_hook_never_saw_is_caught_by_the_pid_check(data_plane: DataPl
         """
         import os, sys
         from analytics_sdk import Client
-        from analytics_sdk.client import _live_clients
+        from analytics_sdk._lifecycle import live_clients as _live_clients
         client = Client("wk_test_key", sys.argv[1], flush_interval=60)
         client.track("parent", "Parent")
         _live_clients.discard(client)  # the at-fork hook will not see it: as a C-level fork
