@@ -16,10 +16,13 @@ def invalid(field: str, problem: str) -> InvalidMessageError:
 
 
 def as_id(value: object, field: str) -> str | None:
-    """An id as a non-empty string: ints (0 included) and UUIDs are converted."""
+    """An id as a non-empty string: ints (0 included), UUIDs and str subclasses (a StrEnum)
+    are converted."""
     if value is None:
         return None
     kind = type(value)
+    if kind is not str and isinstance(value, str):
+        value, kind = str.__str__(value), str  # the text itself, whatever __str__ says
     if kind is str:
         if value:
             return as_unicode(value, field)  # type: ignore[arg-type]  # narrowed by the type check
@@ -30,9 +33,10 @@ def as_id(value: object, field: str) -> str | None:
 
 
 def as_text(value: object, field: str) -> str:
-    if not isinstance(value, str) or type(value) is not str:
+    """A string argument; a str subclass (a StrEnum member) is taken as its text."""
+    if not isinstance(value, str):
         raise invalid(field, f"must be a string (got {type(value).__name__})")
-    return as_unicode(value, field)
+    return as_unicode(value if type(value) is str else str.__str__(value), field)
 
 
 def as_unicode(value: str, field: str) -> str:
@@ -65,7 +69,10 @@ def as_time(value: object) -> str:
             parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
         except ValueError:
             raise invalid("timestamp", "is not an ISO-8601 date or time") from None
-        return format_time(parsed)
+        try:
+            return format_time(parsed)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+            raise invalid("timestamp", "is outside the range of UTC datetimes") from None
     raise invalid(
         "timestamp", f"must be a datetime or an ISO-8601 string (got {type(value).__name__})"
     )

@@ -107,7 +107,9 @@ class Consumer:
             # Import requests now, on the constructing thread, not lazily on the delivery
             # thread: a fork during that import would leave the child a half-initialized
             # module and an ImportError on its first batch.
-            import analytics_sdk._transport  # noqa: F401
+            import analytics_sdk._transport
+
+            analytics_sdk._transport.warn_if_cleartext("data_plane_url", options.data_plane_url)
 
     def _reset_state(self) -> None:
         """Fresh locks, queue, counters and thread: at start and in a forked child."""

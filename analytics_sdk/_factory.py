@@ -9,6 +9,7 @@ delivery or another integration (DESIGN 6, rules 6-8).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import traceback
@@ -41,10 +42,14 @@ STOP_TIMEOUT = 5.0  # seconds a disabled or reconfigured integration gets to sto
 # string values are masked in logs even when a wrapper keeps them as plain `str`. Shorter
 # values are left alone: masking "test" or "fine" in every log line would garble the logs.
 _MIN_GUESSED_SECRET = 8
-_SECRET_WORDS = (
-    "secret", "token", "password", "passwd", "apikey", "accesskey", "privatekey",
-    "writekey", "credential", "authorization",
-)  # fmt: skip
+# A setting is taken for a secret when the last word of its name is one of these: appKey,
+# client_secret, accessToken, APIKEY; not apiKeyHeaderName, tokenEndpoint or keyPrefix.
+_SECRET_WORDS = frozenset({
+    "key", "keys", "secret", "secrets", "token", "tokens", "password", "passwords", "passwd",
+    "credential", "credentials", "authorization", "dsn", "apikey", "accesskey", "privatekey",
+    "secretkey", "writekey",
+})  # fmt: skip
+_NAME_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _STOP, _FLUSH, _RESET = "stop", "flush", "reset"
 
 
@@ -839,26 +844,33 @@ def _register_secrets(value: object, depth: int = 0) -> None:
             _register_secrets(item, depth + 1)
 
 
-def _register_secret_settings(config: object, depth: int = 0) -> None:
+def _register_secret_settings(config: object, depth: int = 0, headers: bool = False) -> None:
     """Mask, in every log line from now on, the string values of a destination's settings
-    whose name says secret (apiKey, clientSecret, token, password...), nested ones and
-    RudderStack's header lists (`{"from": "X-Api-Key", "to": "..."}`) included."""
+    whose name says secret (apiKey, clientSecret, token, password...), nested ones, lists of
+    them, and RudderStack's header lists (`"headers": [{"from": "X-Api-Key", "to": "..."}]`)
+    included. Mapping lists elsewhere (event or property renames) are not secrets."""
     if depth > 8:
         return
     if isinstance(config, Mapping):
         name = config.get("from")
         value = config.get("to")
-        if isinstance(name, str) and isinstance(value, str) and _secret_name(name):
+        if headers and isinstance(name, str) and isinstance(value, str) and _secret_name(name):
             _register_guessed(value)
         for name, value in config.items():
+            secret = isinstance(name, str) and _secret_name(name)
             if isinstance(value, str):
-                if isinstance(name, str) and _secret_name(name):
+                if secret:
                     _register_guessed(value)
+            elif secret and isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, str):
+                        _register_guessed(item)
             else:
-                _register_secret_settings(value, depth + 1)
+                in_headers = isinstance(name, str) and "header" in name.lower()
+                _register_secret_settings(value, depth + 1, in_headers)
     elif isinstance(config, (list, tuple)):
         for item in config:
-            _register_secret_settings(item, depth + 1)
+            _register_secret_settings(item, depth + 1, headers)
 
 
 def _register_guessed(value: str) -> None:
@@ -867,8 +879,10 @@ def _register_guessed(value: str) -> None:
 
 
 def _secret_name(name: str) -> bool:
-    normalized = "".join(c for c in name.lower() if c.isalnum())
-    return normalized == "key" or any(word in normalized for word in _SECRET_WORDS)
+    """Whether a setting's name says it holds a secret (see _SECRET_WORDS). A bare "key"
+    names a lookup key (`{"key": "Order Completed"}`), not a credential."""
+    words = [word.lower() for word in _NAME_WORDS.findall(name)]
+    return bool(words) and words[-1] in _SECRET_WORDS and words not in (["key"], ["keys"])
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

@@ -14,6 +14,8 @@ logger = logging.getLogger("analytics_sdk")
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
+# Longest first: a secret that contains another (a "key:secret" pair) is masked whole.
+_MASK_ORDER: tuple[str, ...] = ()
 
 
 class _RedactSecrets(logging.Filter):
@@ -32,7 +34,9 @@ class _RedactSecrets(logging.Filter):
         if masked != text:
             record.msg, record.args = masked, None
         trace = record.exc_text
-        if not trace and record.exc_info:
+        if not trace and record.exc_info and _mentions_secret(record.exc_info[1]):
+            # Formatted only then: a filter runs before any handler's level, so formatting
+            # every traceback would cost even for records nobody prints.
             trace = _TRACEBACKS.formatException(record.exc_info)
         if trace:
             masked = mask_secrets(trace)
@@ -59,9 +63,30 @@ def child_logger(name: str) -> logging.Logger:
     return child
 
 
+def _mentions_secret(error: BaseException | None) -> bool:
+    """True if the text of `error`, its notes, causes, contexts or group members holds a
+    registered secret: the only parts of a traceback that carry values."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        try:
+            text = " ".join([str(current), *map(str, getattr(current, "__notes__", ()) or ())])
+        except Exception:  # noqa: BLE001 - a __str__ that raises: the formatter copes with it
+            text = ""
+        if mask_secrets(text) != text:
+            return True
+        pending += [current.__cause__, current.__context__]
+        pending += list(getattr(current, "exceptions", ()) or ())
+    return False
+
+
 def mask_secrets(text: str) -> str:
     """`text` with every registered secret replaced (for status texts and tracebacks)."""
-    for secret in tuple(_SECRETS):
+    for secret in _MASK_ORDER:
         if secret in text:
             text = text.replace(secret, "**********")
     return text
@@ -69,9 +94,12 @@ def mask_secrets(text: str) -> str:
 
 def register_secret(secret: str) -> None:
     """Mask `secret` in every record the analytics_sdk logger emits from now on."""
+    global _MASK_ORDER
     if len(secret) >= 4:  # masking "a" would shred every line
         with _SECRETS_LOCK:
-            _SECRETS.add(secret)
+            if secret not in _SECRETS:
+                _SECRETS.add(secret)
+                _MASK_ORDER = tuple(sorted(_SECRETS, key=len, reverse=True))
 
 
 class RateLimitedLog:

@@ -62,7 +62,6 @@ class Transport:
         self._options = options
         self._stop = stop  # set when shutdown's budget is spent: abandon backoff waits
         self._url = f"{options.data_plane_url}/v1/batch"
-        warn_if_cleartext("data_plane_url", options.data_plane_url)
         session, self._own_session, request_options = open_session(options, self._url)
         self._session = session
         # The write key is read here and only here; the header value stays in this object.
@@ -214,13 +213,9 @@ def open_session(options: ClientOptions, url: str) -> tuple[requests.Session, bo
     """
     own = options.session is None
     session: requests.Session = options.session or requests.Session()
-    verify = options.verify
-    if isinstance(verify, str) and not verify.strip():
-        # requests reads a blank CA bundle path as "do not verify". A blank setting (an
-        # unset environment variable passed through, say) must not switch TLS checks off.
-        logger.warning("verify is blank, not a CA bundle path: TLS verification stays on")
-        verify = None
-    settings = session.merge_environment_settings(url, options.proxies or {}, False, verify, None)
+    settings = session.merge_environment_settings(
+        url, options.proxies or {}, False, options.verify, None
+    )
     if own:
         session.trust_env = False
     request_options = {
@@ -259,25 +254,25 @@ def is_loopback_host(host: str) -> bool:
 
     No DNS: a name other than localhost counts as another machine, whatever it resolves to.
     """
-    host = host.lower()
-    if host in ("localhost", "localhost."):
-        return True
+    host = host.lower().removesuffix(".")
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True  # RFC 6761: every name under .localhost is this machine
     try:
         address = ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: zone dropped
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified  # 0.0.0.0: this machine too
 
 
 def warn_if_cleartext(option: str, url: str | None) -> None:
     """Log a WARNING, once per process per host, when `url` is plain http:// to a host that
     is not this machine: the write key goes in every request's Authorization header.
 
-    Called where a transport or a config fetcher is built (never in track()); it reads the
-    URL's text only. Loopback URLs (the dev server, tests, a local sidecar) stay quiet. The
-    host is named, never the URL: it may carry a user and password.
+    Called when a client is built and when the config fetcher starts (never in track()); it
+    reads the URL's text only. Loopback URLs (the dev server, tests, a local sidecar) stay
+    quiet. The host is named, never the URL: it may carry a user and password.
     """
     if not url:
         return

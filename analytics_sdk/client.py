@@ -205,7 +205,9 @@ class Client:
         """
         try:
             if type(event) is not str or not event:
-                raise invalid("event", "is required and must be a non-empty string")
+                if not isinstance(event, str) or not event:
+                    raise invalid("event", "is required and must be a non-empty string")
+                event = str.__str__(event)  # a StrEnum member: its text
             message: JsonDict = {
                 "type": "track",
                 "event": as_unicode(event, "event"),

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from analytics_sdk._logging import logger
 from analytics_sdk.errors import AnalyticsError, ConfigurationError, describe
 
 __all__ = [
@@ -134,6 +135,16 @@ class ClientOptions(BaseModel):
     def _control_plane_url_is_http(cls, value: str | None) -> str | None:
         return _check_url(value)
 
+    @field_validator("verify")
+    @classmethod
+    def _blank_verify_is_the_default(cls, value: bool | str | None) -> bool | str | None:
+        if isinstance(value, str) and not value.strip():
+            # requests reads a blank CA bundle path as "do not verify". A blank setting (an
+            # unset environment variable passed through, say) must not switch TLS checks off.
+            logger.warning("verify is blank, not a CA bundle path: TLS verification stays on")
+            return None
+        return value
+
     @field_validator("session")
     @classmethod
     def _session_is_a_requests_session(cls, value: Any) -> Any:
@@ -198,6 +209,13 @@ class ClientOptions(BaseModel):
             values["send"] = False
         if not isinstance(values["write_key"], str):
             raise ConfigurationError("invalid client options: write_key: must be a string")
+        try:
+            values["write_key"].encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no header or hash can carry it
+            raise ConfigurationError(
+                "invalid client options: write_key: is not valid Unicode text (it holds a "
+                "lone surrogate; was it decoded from bytes with errors='surrogateescape'?)"
+            ) from None
         try:
             return cls(**values)
         except ValidationError as exc:

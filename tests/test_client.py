@@ -392,3 +392,35 @@ def test_calls_after_shutdown_return_none_and_count(make_client: MakeClient) -> 
     assert client.track("u1", "Late") is None
     assert client.stats().dropped == {"shutdown": 1}
     assert client.flush(timeout=1)
+
+
+def test_str_subclasses_are_taken_as_their_text(
+    make_client: MakeClient, data_plane: DataPlane
+) -> None:
+    import enum
+
+    class Events(str, enum.Enum):
+        ORDER_COMPLETED = "Order Completed"
+
+    class UserId(str):
+        def __str__(self) -> str:
+            return "not what is sent"
+
+    client = make_client(strict=True)
+    assert client.track(UserId("user-7"), Events.ORDER_COMPLETED) is not None
+    assert client.page("user-7", Events.ORDER_COMPLETED, UserId("Home")) is not None
+
+    assert client.flush(timeout=5) is True
+    track, page = data_plane.events
+    assert (track["userId"], track["event"]) == ("user-7", "Order Completed")
+    assert (page["category"], page["name"]) == ("Order Completed", "Home")
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+def test_a_timestamp_string_outside_utc_range_is_invalid_input(
+    make_client: MakeClient, when: str
+) -> None:
+    client = make_client(strict=True, send=False)
+
+    with pytest.raises(InvalidMessageError, match="outside the range of UTC datetimes"):
+        client.track("u1", "Late", timestamp=when)

@@ -657,6 +657,10 @@ def test_plain_http_to_another_machine_warns_once_per_host_without_dns(
         "http://localhost.:9",
         "http://[::1]:8080",
         "http://[::ffff:127.0.0.1]:8080",
+        "http://127.0.0.1.:8080",
+        "http://localhost.localdomain",
+        "http://api.localhost:8080",  # RFC 6761: under .localhost is this machine
+        "http://0.0.0.0:8080",
         "https://analytics.example.com",
         "https://10.1.2.3:8443",
     ],
@@ -683,3 +687,104 @@ def test_plain_http_to_other_hosts_warns(url: str, caplog: pytest.LogCaptureFixt
     warn_if_cleartext("control_plane_url", url)
 
     assert len(cleartext_warnings(caplog)) == 1
+
+
+def test_the_cleartext_warning_comes_at_construction_not_in_track(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("analytics_sdk._transport._cleartext_warned", set())
+    client = Client(KEY, "http://sync-mode.example.com", sync_mode=True, send=True)
+    try:
+        assert len(cleartext_warnings(caplog)) == 1  # before any call: sync_mode sends in it
+    finally:
+        client.shutdown(timeout=0.1)
+
+
+def test_a_write_key_with_a_lone_surrogate_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="write_key: is not valid Unicode text"):
+        Client("wk_\udcff_key", "http://127.0.0.1:9")
+
+
+# -- the secret guesses: which settings are secrets, and masking them whole --------------
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("apiKey", True), ("appKey", True), ("sdkKey", True), ("licenseKey", True),
+        ("client_secret", True), ("API_KEY", True), ("APIKEY", True), ("X-Api-Key", True),
+        ("password", True), ("accessTokenSecret", True), ("apiKeys", True), ("sentryDsn", True),
+        ("key", False), ("keyPrefix", False), ("monkey", False), ("apiKeyHeaderName", False),
+        ("tokenEndpoint", False), ("passwordPolicy", False), ("secretName", False),
+        ("credentialsType", False),
+    ],
+)  # fmt: skip
+def test_a_setting_is_a_secret_when_its_name_ends_in_a_secret_word(
+    name: str, secret: bool
+) -> None:
+    from analytics_sdk._factory import _secret_name
+
+    assert _secret_name(name) is secret
+
+
+def test_renames_are_not_secrets_but_headers_and_key_lists_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import analytics_sdk._logging as sdk_logging
+    from analytics_sdk._factory import _register_secret_settings
+
+    monkeypatch.setattr(sdk_logging, "_SECRETS", set())
+    monkeypatch.setattr(sdk_logging, "_MASK_ORDER", ())
+    _register_secret_settings({
+        "eventsMapping": [{"from": "Password Reset", "to": "Password Reset"}],
+        "propertiesMapping": [{"from": "token", "to": "device_token"}],
+        "headers": [{"from": "X-Api-Key", "to": "hdr-0123456789"}],
+        "apiKeys": ["list-key-0123456789", "list-key-9876543210"],
+    })  # fmt: skip
+
+    registered = sdk_logging._SECRETS
+    assert registered == {"hdr-0123456789", "list-key-0123456789", "list-key-9876543210"}
+
+
+def test_a_secret_inside_another_is_masked_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analytics_sdk._logging as sdk_logging
+
+    for seed in range(8):  # the order secrets were registered in must not matter
+        monkeypatch.setattr(sdk_logging, "_SECRETS", set())
+        monkeypatch.setattr(sdk_logging, "_MASK_ORDER", ())
+        pair = ["AKIAEXAMPLE123", "AKIAEXAMPLE123:wJalrXUtnFEMI/K7MDENG"]
+        for secret in pair if seed % 2 else reversed(pair):
+            register_secret(secret)
+        assert sdk_logging.mask_secrets(f"creds {pair[1]} sent") == "creds ********** sent"
+
+
+def test_tracebacks_are_formatted_by_the_filter_only_when_they_hold_a_secret(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import analytics_sdk._logging as sdk_logging
+
+    register_secret("tb-secret-0123456789")
+    calls: list[int] = []
+    original = sdk_logging._TRACEBACKS.formatException
+
+    def counted(exc_info: Any) -> str:
+        calls.append(1)
+        return original(exc_info)
+
+    monkeypatch.setattr(sdk_logging._TRACEBACKS, "formatException", counted)
+    log = child_logger("test_filter")
+    try:
+        raise ValueError("nothing to hide")
+    except ValueError:
+        log.debug("plain failure", exc_info=True)
+    assert calls == []  # left for the handler, which may never format it
+
+    try:
+        try:
+            raise KeyError("tb-secret-0123456789")
+        except KeyError as inner:
+            raise RuntimeError("outer") from inner
+    except RuntimeError:
+        log.debug("chained failure", exc_info=True)
+    assert calls == [1]
+    assert "tb-secret-0123456789" not in formatted(caplog.records[-1])
