@@ -9,7 +9,6 @@ delivery or another integration (DESIGN 6, rules 6-8).
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import traceback
@@ -20,9 +19,10 @@ from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import ValidationError
 
-from analytics_sdk._logging import child_logger, logger, mask_secrets, register_secret
+from analytics_sdk._logging import child_logger, logger, mask_secrets
+from analytics_sdk._secrets import register_model_secrets, register_setting_secrets
 from analytics_sdk._serialization import expand
 from analytics_sdk._version import __version__
 from analytics_sdk.errors import DeliveryError, IntegrationUnavailableError, Reason, describe
@@ -38,18 +38,6 @@ ENTRY_POINT_GROUP = "analytics_sdk.integrations"
 PRE_CONFIG_BUFFER = 1000  # messages kept for device mode until the first config arrives
 WORKER_QUEUE = 10_000  # messages waiting per integration before new ones are dropped
 STOP_TIMEOUT = 5.0  # seconds a disabled or reconfigured integration gets to stop
-# Destination settings whose name says "secret" (lowercase, letters and digits only): their
-# string values are masked in logs even when a wrapper keeps them as plain `str`. Shorter
-# values are left alone: masking "test" or "fine" in every log line would garble the logs.
-_MIN_GUESSED_SECRET = 8
-# A setting is taken for a secret when the last word of its name is one of these: appKey,
-# client_secret, accessToken, APIKEY; not apiKeyHeaderName, tokenEndpoint or keyPrefix.
-_SECRET_WORDS = frozenset({
-    "key", "keys", "secret", "secrets", "token", "tokens", "password", "passwords", "passwd",
-    "credential", "credentials", "authorization", "dsn", "apikey", "accesskey", "privatekey",
-    "secretkey", "writekey",
-})  # fmt: skip
-_NAME_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _STOP, _FLUSH, _RESET = "stop", "flush", "reset"
 
 
@@ -516,7 +504,7 @@ class Factory:
             if not destination.device_mode:
                 continue
             definition = destination.destination_definition
-            _register_secret_settings(destination.config)  # before anything may quote them
+            register_setting_secrets(destination.config)  # before anything may quote them
             entry = self._match(definition.display_name, definition.name)
             # Once per name: a config may list the same destination type a thousand times.
             warn = current is not None and definition.display_name not in self._warned_missing
@@ -557,7 +545,7 @@ class Factory:
                 continue
             if current is None:
                 continue  # a dry run: valid options are all it checks
-            _register_secrets(options)
+            register_model_secrets(options)
             try:
                 integration = entry.cls(options, self._context(key, destination.id))
                 route = Route.from_config(destination.config)
@@ -824,65 +812,6 @@ class Factory:
     def counters(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {key: worker.counters.as_dict() for key, worker in self._workers.items()}
-
-
-def _register_secrets(value: object, depth: int = 0) -> None:
-    """A destination's SecretStr settings, nested ones included (a header's value in a list
-    of headers), are masked in every log line from now on."""
-    if depth > 8:
-        return
-    if isinstance(value, SecretStr):
-        register_secret(value.get_secret_value())
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            _register_secrets(getattr(value, name, None), depth + 1)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _register_secrets(item, depth + 1)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _register_secrets(item, depth + 1)
-
-
-def _register_secret_settings(config: object, depth: int = 0, headers: bool = False) -> None:
-    """Mask, in every log line from now on, the string values of a destination's settings
-    whose name says secret (apiKey, clientSecret, token, password...), nested ones, lists of
-    them, and RudderStack's header lists (`"headers": [{"from": "X-Api-Key", "to": "..."}]`)
-    included. Mapping lists elsewhere (event or property renames) are not secrets."""
-    if depth > 8:
-        return
-    if isinstance(config, Mapping):
-        name = config.get("from")
-        value = config.get("to")
-        if headers and isinstance(name, str) and isinstance(value, str) and _secret_name(name):
-            _register_guessed(value)
-        for name, value in config.items():
-            secret = isinstance(name, str) and _secret_name(name)
-            if isinstance(value, str):
-                if secret:
-                    _register_guessed(value)
-            elif secret and isinstance(value, (list, tuple)):
-                for item in value:
-                    if isinstance(item, str):
-                        _register_guessed(item)
-            else:
-                in_headers = isinstance(name, str) and "header" in name.lower()
-                _register_secret_settings(value, depth + 1, in_headers)
-    elif isinstance(config, (list, tuple)):
-        for item in config:
-            _register_secret_settings(item, depth + 1, headers)
-
-
-def _register_guessed(value: str) -> None:
-    if len(value) >= _MIN_GUESSED_SECRET:
-        register_secret(value)
-
-
-def _secret_name(name: str) -> bool:
-    """Whether a setting's name says it holds a secret (see _SECRET_WORDS). A bare "key"
-    names a lookup key (`{"key": "Order Completed"}`), not a credential."""
-    words = [word.lower() for word in _NAME_WORDS.findall(name)]
-    return bool(words) and words[-1] in _SECRET_WORDS and words not in (["key"], ["keys"])
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

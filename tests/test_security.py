@@ -722,20 +722,20 @@ def test_a_write_key_with_a_lone_surrogate_is_a_configuration_error() -> None:
 def test_a_setting_is_a_secret_when_its_name_ends_in_a_secret_word(
     name: str, secret: bool
 ) -> None:
-    from analytics_sdk._factory import _secret_name
+    from analytics_sdk._secrets import is_secret_name
 
-    assert _secret_name(name) is secret
+    assert is_secret_name(name) is secret
 
 
 def test_renames_are_not_secrets_but_headers_and_key_lists_are(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import analytics_sdk._logging as sdk_logging
-    from analytics_sdk._factory import _register_secret_settings
+    from analytics_sdk._secrets import register_setting_secrets
 
     monkeypatch.setattr(sdk_logging, "_SECRETS", set())
     monkeypatch.setattr(sdk_logging, "_MASK_ORDER", ())
-    _register_secret_settings({
+    register_setting_secrets({
         "eventsMapping": [{"from": "Password Reset", "to": "Password Reset"}],
         "propertiesMapping": [{"from": "token", "to": "device_token"}],
         "headers": [{"from": "X-Api-Key", "to": "hdr-0123456789"}],
