@@ -232,18 +232,16 @@ class Consumer:
                 return Reason.QUEUE_FULL
             before = store.changes()
             try:
-                if not store.append(data):
-                    self.storage_problem = store.problem
-                    return Reason.STORAGE_ERROR
-            except BaseException:
-                # Ctrl-C lands once the commit is done, as the GIL comes back: the row is in
-                # the file and will be sent, so it is counted (the exception still goes up).
+                written = store.append(data)
+            finally:
+                # Counted by what SQLite committed, not by how append() returned: Ctrl-C lands
+                # once the commit is done, as the GIL comes back, and that row will be sent.
                 if store.changes() != before:
                     self._stored += 1
                     self._count_in_locked(count, size)
-                raise
-            self._stored += 1
-            self._count_in_locked(count, size)
+            if not written:
+                self.storage_problem = store.problem
+                return Reason.STORAGE_ERROR
         if not self._running:
             self._ensure_thread()
         return None
